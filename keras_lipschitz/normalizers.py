@@ -1,0 +1,269 @@
+"""Backend-agnostic normalizers shared by every constrained layer.
+
+Everything here is a pure function of tensors written with `keras.ops` only:
+no layer state, no backend import. Layers own the persistent state (the
+power-iteration vectors) and decide when to write it.
+
+All functions expect float32 inputs; layers cast before calling them so that
+mixed-precision policies never run these iterations in float16.
+"""
+
+import math
+
+from keras import ops
+
+EPSILON = 1e-12
+
+
+def l2_normalize(x, epsilon=EPSILON):
+    """Returns `x / ||x||_2` over all entries, safe at zero."""
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x)), epsilon))
+
+
+def power_iteration_dense(kernel, u, iterations):
+    """Power iteration for the largest singular value of a dense kernel.
+
+    For a Keras kernel `W` of shape `(d_in, d_out)` (so `y = x W`) and a row
+    vector `u` of shape `(1, d_out)`, one step is
+
+    $$v \\leftarrow \\frac{u W^T}{\\|u W^T\\|},\\qquad
+      u \\leftarrow \\frac{v W}{\\|v W\\|},$$
+
+    and the estimate is $\\hat\\sigma = \\|u W^T\\|$ with the final `u`.
+
+    `u` is treated as a constant (gradient stopped), so the gradient of
+    $\\hat\\sigma$ with respect to `W` is $v u^T$, the gradient of
+    $\\sigma_{max}$ at convergence (Miyato et al., ICLR 2018).
+
+    Every iterate satisfies $\\hat\\sigma \\le \\sigma_{max}(W)$: the result
+    is a lower bound, tight once converged. Use
+    `gram_spectral_norm_upper_bound` where a guarantee is needed.
+
+    Args:
+        kernel: float tensor of shape `(d_in, d_out)`.
+        u: float tensor of shape `(1, d_out)`, the warm start.
+        iterations: Python int, the fixed number of steps (may be 0).
+
+    Returns:
+        `(u_new, sigma)`: the gradient-stopped new vector, shape
+        `(1, d_out)`, and the differentiable scalar estimate.
+    """
+    u = ops.stop_gradient(u)
+    w = ops.stop_gradient(kernel)
+    for _ in range(iterations):
+        v = l2_normalize(ops.matmul(u, ops.transpose(w)))
+        u = l2_normalize(ops.matmul(v, w))
+    u = ops.stop_gradient(u)
+    sigma = ops.sqrt(
+        ops.maximum(
+            ops.sum(ops.square(ops.matmul(u, ops.transpose(kernel)))),
+            EPSILON,
+        )
+    )
+    return u, sigma
+
+
+def conv_transpose_output_padding(
+    input_size, kernel_size, strides, padding
+):
+    """The `output_padding` that makes `ops.conv_transpose` the adjoint.
+
+    `ops.conv_transpose` with the same kernel, strides and padding is the
+    exact adjoint of `ops.conv` only when it returns the conv's input shape
+    (reference P16); by default it can be one pixel too large. This returns,
+    per spatial axis, the explicit padding that restores the input shape, or
+    `None` for the whole argument when the default already does.
+
+    Args:
+        input_size: tuple of spatial input sizes of the forward conv.
+        kernel_size: tuple of kernel sizes.
+        strides: tuple of strides.
+        padding: `"same"` or `"valid"`.
+
+    Returns:
+        `None` or a tuple of ints.
+    """
+    defaults = []
+    explicit = []
+    for n, k, s in zip(input_size, kernel_size, strides):
+        if padding == "valid":
+            m = (n - k) // s + 1
+            default = m * s + max(k - s, 0)
+            base = (m - 1) * s + k
+        else:
+            m = -(-n // s)
+            default = m * s
+            base = (m - 1) * s + k - 2 * (k // 2)
+        defaults.append(default == n)
+        explicit.append(n - base)
+    if all(defaults):
+        return None
+    return tuple(explicit)
+
+
+def power_iteration_conv(
+    kernel,
+    u,
+    iterations,
+    strides,
+    padding,
+    data_format,
+    output_padding,
+):
+    """Power iteration for the operator norm of a 2-D convolution.
+
+    The operator is $A x = \\mathrm{conv}(x, K)$ with the layer's own strides
+    and zero padding, acting on inputs of `u`'s shape, and $A^T$ is
+    `ops.conv_transpose` with the same kernel (its exact adjoint given the
+    right `output_padding`). One step is $v \\leftarrow Au/\\|Au\\|$,
+    $u \\leftarrow A^Tv/\\|A^Tv\\|$ and the estimate is
+    $\\hat\\sigma = \\|Au\\|$ with the final, gradient-stopped `u`.
+
+    As for dense kernels, $\\hat\\sigma$ is a lower bound on $\\|A\\|$.
+
+    Args:
+        kernel: float tensor `(k_h, k_w, c_in, c_out)`.
+        u: float tensor of the layer's input shape with batch size 1.
+        iterations: Python int, fixed number of steps.
+        strides: tuple of 2 ints.
+        padding: `"same"` or `"valid"`.
+        data_format: `"channels_last"` or `"channels_first"`.
+        output_padding: value from `conv_transpose_output_padding`.
+
+    Returns:
+        `(u_new, sigma)` as in `power_iteration_dense`.
+    """
+
+    def forward(x, k):
+        return ops.conv(
+            x, k, strides=strides, padding=padding, data_format=data_format
+        )
+
+    u = ops.stop_gradient(u)
+    w = ops.stop_gradient(kernel)
+    for _ in range(iterations):
+        v = l2_normalize(forward(u, w))
+        u = l2_normalize(
+            ops.conv_transpose(
+                v,
+                w,
+                strides=strides,
+                padding=padding,
+                output_padding=output_padding,
+                data_format=data_format,
+            )
+        )
+    u = ops.stop_gradient(u)
+    sigma = ops.sqrt(
+        ops.maximum(ops.sum(ops.square(forward(u, kernel))), EPSILON)
+    )
+    return u, sigma
+
+
+def gram_spectral_norm_upper_bound(matrix, iterations):
+    """Guaranteed upper bound on the spectral norm by Gram iteration.
+
+    Delattre, Barthélemy, Araujo, Allauzen, "Efficient Bound of Lipschitz
+    Constant for Convolutional Layers by Gram Iteration", ICML 2023. With
+    $G_0 = W^TW$ (or $WW^T$, whichever is smaller) and
+    $G_{t+1} = G_t^2$,
+
+    $$\\sigma_{max}(W) \\le \\|G_t\\|_F^{1/2^{t+1}},$$
+
+    at *every* t, and the bound decreases to $\\sigma_{max}$: it exceeds it
+    by at most a factor $r^{1/2^{t+1}}$ for a kernel of rank r. Each
+    $G_t$ is rescaled by its Frobenius norm, with the log-scale carried, so
+    nothing overflows. The result is differentiable in `matrix`.
+
+    Args:
+        matrix: float tensor of rank 2.
+        iterations: Python int, number of squarings t.
+
+    Returns:
+        A scalar tensor.
+    """
+    rows, cols = matrix.shape
+    if rows is not None and cols is not None and rows < cols:
+        gram = ops.matmul(matrix, ops.transpose(matrix))
+    else:
+        gram = ops.matmul(ops.transpose(matrix), matrix)
+    # log(sigma_max^2) <= log_scale + 2^-t log ||G_t||_F, accumulated.
+    log_bound = ops.convert_to_tensor(0.0, dtype=matrix.dtype)
+    for t in range(iterations):
+        norm = ops.sqrt(ops.maximum(ops.sum(ops.square(gram)), EPSILON))
+        log_bound = log_bound + ops.log(norm) / (2.0**t)
+        gram = gram / norm
+        gram = ops.matmul(gram, gram)
+    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(gram)), EPSILON))
+    log_bound = log_bound + ops.log(norm) / (2.0**iterations)
+    # log_bound bounds log(sigma_max^2).
+    return ops.exp(0.5 * log_bound)
+
+
+def bjorck_orthonormalize(matrix, iterations, beta=0.5):
+    """Björck orthonormalization of order 1 with a fixed iteration count.
+
+    Björck & Bowie (SIAM J. Numer. Anal., 1971); Anil, Lucas, Grosse,
+    "Sorting out Lipschitz function approximation", ICML 2019:
+
+    $$W_{t+1} = (1 + \\beta) W_t - \\beta W_t W_t^T W_t.$$
+
+    Each singular value evolves as $\\sigma \\mapsto (1+\\beta)\\sigma -
+    \\beta\\sigma^3$: with $\\beta = 1/2$ any $\\sigma \\in (0, \\sqrt3)$
+    converges to 1, and one step maps $[0, 2]$ into $[-1, 1]$, so the output
+    has spectral norm at most 1 whenever the input's is at most 2. The
+    product is associated as $W(W^TW)$ or $(WW^T)W$, whichever is cheaper.
+
+    A fixed count (no tolerance-based stop) keeps the function
+    reverse-differentiable on JAX.
+
+    Args:
+        matrix: float tensor of rank 2, pre-scaled so that its spectral
+            norm is at most 1 (at most 2 keeps the output 1-Lipschitz).
+        iterations: Python int, number of steps.
+        beta: float in (0, 0.5].
+
+    Returns:
+        A tensor of the same shape.
+    """
+    rows, cols = matrix.shape
+    tall = rows is None or cols is None or rows >= cols
+    w = matrix
+    for _ in range(iterations):
+        if tall:
+            w = (1.0 + beta) * w - beta * ops.matmul(
+                w, ops.matmul(ops.transpose(w), w)
+            )
+        else:
+            w = (1.0 + beta) * w - beta * ops.matmul(
+                ops.matmul(w, ops.transpose(w)), w
+            )
+    return w
+
+
+def rko_correction_factor(kernel_size, strides):
+    """Factor that makes a conv with an orthonormal reshaped kernel 1-Lipschitz.
+
+    If the reshaped kernel $R \\in \\mathbb{R}^{(k_h k_w c_{in}) \\times
+    c_{out}}$ has $\\|R\\| \\le 1$, then
+    $\\|\\mathrm{conv}_K x\\|^2 \\le \\|R\\|^2 \\sum_{patches}\\|patch\\|^2
+    \\le \\nu \\|x\\|^2$, with $\\nu$ the largest number of patches that
+    contain one input pixel: $\\lceil k_h/s_h\\rceil\\lceil k_w/s_w\\rceil$
+    for any zero padding. Multiplying the kernel by $1/\\sqrt\\nu$ therefore
+    guarantees a 1-Lipschitz convolution.
+
+    deel-lip's stride-1 factor is $1/\\sqrt{\\text{average patches per pixel}}$,
+    which exceeds this worst case on finite images (its operator can reach
+    norm 1.02); we use the worst case.
+
+    Args:
+        kernel_size: tuple `(k_h, k_w)`.
+        strides: tuple `(s_h, s_w)`.
+
+    Returns:
+        A Python float.
+    """
+    nu = 1
+    for k, s in zip(kernel_size, strides):
+        nu *= -(-k // s)
+    return 1.0 / math.sqrt(nu)
