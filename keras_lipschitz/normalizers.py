@@ -42,13 +42,14 @@ def power_iteration_dense(kernel, u, iterations):
     Args:
         kernel: float tensor of shape `(d_in, d_out)`.
         u: float tensor of shape `(1, d_out)`, the warm start.
-        iterations: Python int, the fixed number of steps (may be 0).
+        iterations: Python int, the fixed number of steps (may be 0; `u`
+            is normalized first in any case).
 
     Returns:
         `(u_new, sigma)`: the gradient-stopped new vector, shape
         `(1, d_out)`, and the differentiable scalar estimate.
     """
-    u = ops.stop_gradient(u)
+    u = l2_normalize(ops.stop_gradient(u))
     w = ops.stop_gradient(kernel)
     for _ in range(iterations):
         v = l2_normalize(ops.matmul(u, ops.transpose(w)))
@@ -139,7 +140,7 @@ def power_iteration_conv(
             x, k, strides=strides, padding=padding, data_format=data_format
         )
 
-    u = ops.stop_gradient(u)
+    u = l2_normalize(ops.stop_gradient(u))
     w = ops.stop_gradient(kernel)
     for _ in range(iterations):
         v = l2_normalize(forward(u, w))
