@@ -1,13 +1,33 @@
-"""keras-lipschitz: Lipschitz-constrained layers and certification for Keras 3."""
+"""keras-lipschitz: Lipschitz-constrained layers and certification for Keras 3.
 
+Set `KERAS_BACKEND` (tensorflow, jax or torch) before importing Keras; the
+library never chooses the backend.
+"""
+
+from keras_lipschitz import attacks
 from keras_lipschitz import bounds
+from keras_lipschitz import callbacks
 from keras_lipschitz import layers
+from keras_lipschitz import losses
+from keras_lipschitz import metrics
 from keras_lipschitz import normalizers
+from keras_lipschitz.certification import certified_accuracy
+from keras_lipschitz.certification import certify
+from keras_lipschitz.certification import lipschitz_bound
+from keras_lipschitz.export import vanilla_export
 from keras_lipschitz.version import __version__
 
 __all__ = [
     "__version__",
+    "attacks",
     "bounds",
+    "callbacks",
+    "certified_accuracy",
+    "certify",
+    "lipschitz_bound",
     "layers",
+    "losses",
+    "metrics",
     "normalizers",
+    "vanilla_export",
 ]

@@ -1,11 +1,33 @@
 """Lipschitz-constrained Keras layers."""
 
+from keras_lipschitz.layers.activations import FullSort
+from keras_lipschitz.layers.activations import GroupSort
+from keras_lipschitz.layers.activations import GroupSort2
+from keras_lipschitz.layers.activations import Householder
+from keras_lipschitz.layers.conv import BjorckConv2D
+from keras_lipschitz.layers.conv import SpectralConv2D
 from keras_lipschitz.layers.dense import BjorckDense
 from keras_lipschitz.layers.dense import FrobeniusDense
 from keras_lipschitz.layers.dense import SpectralDense
+from keras_lipschitz.layers.pooling import InvertibleDownSampling
+from keras_lipschitz.layers.pooling import ScaledAveragePooling2D
+from keras_lipschitz.layers.pooling import ScaledGlobalAveragePooling2D
+from keras_lipschitz.layers.pooling import ScaledGlobalL2NormPooling2D
+from keras_lipschitz.layers.pooling import ScaledL2NormPooling2D
 
 __all__ = [
+    "BjorckConv2D",
     "BjorckDense",
     "FrobeniusDense",
+    "FullSort",
+    "GroupSort",
+    "GroupSort2",
+    "Householder",
+    "InvertibleDownSampling",
+    "ScaledAveragePooling2D",
+    "ScaledGlobalAveragePooling2D",
+    "ScaledGlobalL2NormPooling2D",
+    "ScaledL2NormPooling2D",
+    "SpectralConv2D",
     "SpectralDense",
 ]

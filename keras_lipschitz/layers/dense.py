@@ -265,7 +265,8 @@ class SpectralDense(_PowerIterationDense):
 
     Example:
 
-    >>>     >>> layer = SpectralDense(4)
+    >>> import numpy as np
+    >>> layer = SpectralDense(4)
     >>> y = layer(np.ones((2, 3), "float32"))
     >>> y.shape
     (2, 4)
@@ -307,7 +308,8 @@ class BjorckDense(_PowerIterationDense):
 
     Example:
 
-    >>>     >>> layer = BjorckDense(3)
+    >>> import numpy as np
+    >>> layer = BjorckDense(3)
     >>> _ = layer(np.ones((1, 3), "float32"))
     >>> s = np.linalg.svd(layer.effective_kernel(), compute_uv=False)
     >>> bool(np.all(np.abs(s - 1.0) < 1e-2))
@@ -375,7 +377,8 @@ class FrobeniusDense(_LipschitzDense):
 
     Example:
 
-    >>>     >>> layer = FrobeniusDense(3)
+    >>> import numpy as np
+    >>> layer = FrobeniusDense(3)
     >>> _ = layer(np.ones((1, 5), "float32"))
     >>> np.linalg.norm(layer.effective_kernel(), axis=0).round(4).tolist()
     [1.0, 1.0, 1.0]

@@ -1,0 +1,522 @@
+"""One training epoch of the deel-lip MNIST tutorial model vs plain Keras.
+
+The model is the one of the deel-lip MNIST tutorial, built from
+keras-lipschitz layers:
+
+    SpectralConv2D(16, 3) -> GroupSort2 -> ScaledL2NormPooling2D(2)
+    -> SpectralConv2D(32, 3) -> GroupSort2 -> ScaledL2NormPooling2D(2)
+    -> Flatten -> SpectralDense(64) -> GroupSort2 -> SpectralDense(10)
+
+The baseline has the same shapes, built from plain Keras layers only:
+
+    Conv2D(16, 3) -> ReLU -> AveragePooling2D(2)
+    -> Conv2D(32, 3) -> ReLU -> AveragePooling2D(2)
+    -> Flatten -> Dense(64) -> ReLU -> Dense(10)
+
+Why these plain counterparts:
+
+- `Conv2D` / `Dense` for the constrained layers: same kernels, same
+  output shapes; the difference is exactly the cost of the normalization
+  (power iteration in training).
+- `ReLU` for `GroupSort2`: the cheapest standard element-wise activation
+  with the same output shape. GroupSort2 is a pairwise min/max, in the same
+  cost class (a few element-wise ops per entry); using one of our own
+  layers in the baseline would hide its cost.
+- `AveragePooling2D` for `ScaledL2NormPooling2D`: L2-norm pooling *is*
+  `sqrt(n * avgpool(x**2))`, so average pooling is the plain layer it is
+  built on. Max pooling would be an equally fair choice at the same cost.
+
+Both models use `padding="same"` convolutions (28x28 -> 14x14 -> 7x7),
+the same optimizer (Adam, 1e-3), loss (categorical cross-entropy on logits)
+and `jit_compile` setting, and are trained on the same data.
+
+Method: for each backend, in a fresh subprocess with `KERAS_BACKEND` set,
+both models are compiled and warmed up (a short `fit` that also compiles
+the partial last batch), then one full epoch of each is timed, interleaved
+ours/plain, `--repeats` times. The ratio reported is
+median(ours) / median(plain) of wall-clock epoch times; min/min is printed
+too, and so is the ratio of process CPU times (all threads), which is less
+sensitive to other jobs on a shared machine. `--breakdown` adds a third
+model (plain kernels with our activations and pooling) to split the
+overhead into normalization and activation/pooling costs. Optionally
+(`keras_lipschitz.vanilla_export` exists), inference throughput of the
+exported model is compared with the plain model and with ours in
+inference mode.
+
+Usage:
+
+    python benchmarks/mnist_deel_tutorial.py                   # all backends
+    python benchmarks/mnist_deel_tutorial.py --backends jax --repeats 5
+    python benchmarks/mnist_deel_tutorial.py --epoch-samples 10240  # quick
+    python benchmarks/mnist_deel_tutorial.py --data ../shared/data/mnist.npz
+
+Data is synthetic by default (uniform pixels, random labels): the timing
+of one epoch does not depend on the pixel values.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ALL_BACKENDS = ("tensorflow", "jax", "torch")
+# Benchmark the checkout this script lives in, installed or not.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(REPO_ROOT, "keras_lipschitz")):
+    sys.path.insert(0, REPO_ROOT)
+RESULT_TAG = "BENCHMARK_RESULT_JSON:"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--backends",
+        default=",".join(ALL_BACKENDS),
+        help="comma-separated Keras backends, each run in its own "
+        "subprocess (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epoch-samples",
+        "--epochs-samples",
+        dest="epoch_samples",
+        type=int,
+        default=60000,
+        help="samples in one timed epoch (default: %(default)s, MNIST)",
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed epochs per model, interleaved (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="optional MNIST .npz (keys x_train, y_train); synthetic "
+        "data otherwise",
+    )
+    parser.add_argument(
+        "--jit-compile",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="`jit_compile` passed to `compile` for both models "
+        "(default: %(default)s, i.e. XLA on TF and JAX, eager on torch)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time a third model, plain Conv2D/Dense with our "
+        "GroupSort2 and ScaledL2NormPooling2D, to split the overhead into "
+        "normalization and activation/pooling costs",
+    )
+    parser.add_argument(
+        "--no-inference",
+        action="store_true",
+        help="skip the inference-throughput measurement",
+    )
+    parser.add_argument(
+        "--inference-samples",
+        type=int,
+        default=10240,
+        help="samples per timed predict (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="also write all results to this JSON file",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------
+# Child process: one backend.
+# --------------------------------------------------------------------------
+
+
+def build_models(keras, breakdown=False):
+    from keras_lipschitz import layers as kl
+
+    def ours():
+        return keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                kl.SpectralConv2D(16, 3, padding="same"),
+                kl.GroupSort2(),
+                kl.ScaledL2NormPooling2D(pool_size=2),
+                kl.SpectralConv2D(32, 3, padding="same"),
+                kl.GroupSort2(),
+                kl.ScaledL2NormPooling2D(pool_size=2),
+                keras.layers.Flatten(),
+                kl.SpectralDense(64),
+                kl.GroupSort2(),
+                kl.SpectralDense(10),
+            ],
+            name="keras_lipschitz",
+        )
+
+    def plain():
+        return keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Conv2D(16, 3, padding="same"),
+                keras.layers.ReLU(),
+                keras.layers.AveragePooling2D(pool_size=2),
+                keras.layers.Conv2D(32, 3, padding="same"),
+                keras.layers.ReLU(),
+                keras.layers.AveragePooling2D(pool_size=2),
+                keras.layers.Flatten(),
+                keras.layers.Dense(64),
+                keras.layers.ReLU(),
+                keras.layers.Dense(10),
+            ],
+            name="plain_keras",
+        )
+
+    def hybrid():
+        # Plain kernels, our activations and pooling.
+        return keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Conv2D(16, 3, padding="same"),
+                kl.GroupSort2(),
+                kl.ScaledL2NormPooling2D(pool_size=2),
+                keras.layers.Conv2D(32, 3, padding="same"),
+                kl.GroupSort2(),
+                kl.ScaledL2NormPooling2D(pool_size=2),
+                keras.layers.Flatten(),
+                keras.layers.Dense(64),
+                kl.GroupSort2(),
+                keras.layers.Dense(10),
+            ],
+            name="plain_kernels_our_activations",
+        )
+
+    models = {"ours": ours(), "plain": plain()}
+    if breakdown:
+        models["hybrid"] = hybrid()
+    return models
+
+
+def load_data(args, np):
+    n = args.epoch_samples
+    if args.data:
+        with np.load(args.data) as data:
+            x = data["x_train"].astype("float32") / 255.0
+            y = data["y_train"].astype("int64")
+        reps = -(-n // len(x))
+        x = np.concatenate([x] * reps)[:n]
+        y = np.concatenate([y] * reps)[:n]
+        x = x.reshape((n, 28, 28, 1))
+    else:
+        rng = np.random.default_rng(0)
+        x = rng.random((n, 28, 28, 1), dtype=np.float32)
+        y = rng.integers(0, 10, size=n)
+    y = np.eye(10, dtype="float32")[y]
+    return x, y
+
+
+def _jit(value):
+    return {"auto": "auto", "true": True, "false": False}[value]
+
+
+def time_fit(model, x, y, batch_size):
+    """Wall-clock and process CPU seconds (all threads) of one epoch."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def time_predict(model, x, batch_size):
+    start = time.perf_counter()
+    model.predict(x, batch_size=batch_size, verbose=0)
+    return time.perf_counter() - start
+
+
+def run_child(args):
+    import keras
+    import numpy as np
+
+    import keras_lipschitz
+
+    backend = keras.config.backend()
+    keras.utils.set_random_seed(0)
+    x, y = load_data(args, np)
+    bs = args.batch_size
+    models = build_models(keras, breakdown=args.breakdown)
+    ours = models["ours"]
+    for model in models.values():
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+            jit_compile=_jit(args.jit_compile),
+        )
+
+    # Warm-up: compile the full-batch step and, if the epoch ends with a
+    # partial batch, that shape too (TF and JAX retrace on a new shape).
+    rem = args.epoch_samples % bs
+    warm = min(args.epoch_samples, 3 * bs + rem)
+    for model in models.values():
+        model.fit(x[:warm], y[:warm], batch_size=bs, epochs=1, verbose=0)
+
+    names = list(models)
+    times = {name: [] for name in names}
+    cpu_times = {name: [] for name in names}
+    for rep in range(args.repeats):
+        # Rotate which model goes first so drifts in machine load hit all
+        # of them equally.
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            wall, cpu = time_fit(models[name], x, y, bs)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
+        print(
+            f"[{backend}] repeat {rep + 1}/{args.repeats}: "
+            + ", ".join(
+                f"{n} {times[n][-1]:.2f}s (cpu {cpu_times[n][-1]:.1f}s)"
+                for n in names
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    result = {
+        "backend": backend,
+        "keras": keras.__version__,
+        "backend_version": _backend_version(backend),
+        "keras_lipschitz": keras_lipschitz.__version__,
+        "jit_compile": str(ours.jit_compile),
+        "epoch_samples": args.epoch_samples,
+        "batch_size": bs,
+        "repeats": args.repeats,
+        "ours_s": times["ours"],
+        "plain_s": times["plain"],
+        "ours_median_s": statistics.median(times["ours"]),
+        "plain_median_s": statistics.median(times["plain"]),
+    }
+    result["ratio_median"] = result["ours_median_s"] / result["plain_median_s"]
+    result["ratio_min"] = min(times["ours"]) / min(times["plain"])
+    # Process CPU time (all threads): less sensitive to other jobs on a
+    # shared machine than wall-clock time.
+    result["ours_cpu_s"] = cpu_times["ours"]
+    result["plain_cpu_s"] = cpu_times["plain"]
+    result["cpu_ratio_median"] = statistics.median(
+        cpu_times["ours"]
+    ) / statistics.median(cpu_times["plain"])
+    result["load_average"] = _load_average()
+    if "hybrid" in times:
+        result["hybrid_s"] = times["hybrid"]
+        result["hybrid_median_s"] = statistics.median(times["hybrid"])
+        result["hybrid_cpu_s"] = cpu_times["hybrid"]
+
+    if not args.no_inference:
+        result.update(measure_inference(args, keras_lipschitz, models, x))
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def measure_inference(args, keras_lipschitz, models, x):
+    """Throughput of predict: plain, ours (inference mode), exported."""
+    n = min(args.inference_samples, len(x))
+    xs = x[:n]
+    bs = 1024
+    candidates = {"ours": models["ours"], "plain": models["plain"]}
+    export = getattr(keras_lipschitz, "vanilla_export", None)
+    if export is None:
+        try:
+            from keras_lipschitz.export import vanilla_export as export
+        except ImportError:
+            export = None
+    if export is not None:
+        candidates["exported"] = export(models["ours"])
+    for model in candidates.values():
+        model.predict(xs[: 2 * bs], batch_size=bs, verbose=0)  # warm-up
+    out = {}
+    for name, model in candidates.items():
+        best = min(time_predict(model, xs, bs) for _ in range(3))
+        out[f"predict_{name}_samples_per_s"] = n / best
+    plain = out["predict_plain_samples_per_s"]
+    for name in candidates:
+        if name != "plain":
+            out[f"predict_{name}_slowdown"] = (
+                plain / out[f"predict_{name}_samples_per_s"]
+            )
+    return out
+
+
+def _load_average():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def _backend_version(backend):
+    try:
+        module = __import__(backend)
+        return getattr(module, "__version__", "?")
+    except ImportError:
+        return "?"
+
+
+# --------------------------------------------------------------------------
+# Parent process: one subprocess per backend, then a table.
+# --------------------------------------------------------------------------
+
+
+def run_parent(args, argv):
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in ALL_BACKENDS]
+    if unknown:
+        raise SystemExit(f"Unknown backend(s): {unknown}")
+    # Only the parent writes the JSON file.
+    child_argv = _drop_option(argv, "--json")
+    results = []
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        cmd = [sys.executable, os.path.abspath(__file__), "--child"]
+        cmd += child_argv
+        print(f"== {backend} ==", flush=True)
+        proc = subprocess.run(
+            cmd, env=env, stdout=subprocess.PIPE, text=True, check=False
+        )
+        found = None
+        for line in proc.stdout.splitlines():
+            if line.startswith(RESULT_TAG):
+                found = json.loads(line[len(RESULT_TAG) :])
+            else:
+                print(line)
+        if proc.returncode != 0 or found is None:
+            print(f"[{backend}] failed (exit code {proc.returncode})")
+            results.append({"backend": backend, "error": proc.returncode})
+            continue
+        print(
+            f"[{backend}] ours {found['ours_median_s']:.2f}s, plain "
+            f"{found['plain_median_s']:.2f}s per epoch, ratio "
+            f"{found['ratio_median']:.2f}x (min/min "
+            f"{found['ratio_min']:.2f}x; CPU time "
+            f"{found['cpu_ratio_median']:.2f}x)",
+            flush=True,
+        )
+        results.append(found)
+    print()
+    print(markdown_table(results))
+    if any("hybrid_median_s" in r for r in results):
+        print()
+        print(breakdown_table(results))
+    if any("predict_plain_samples_per_s" in r for r in results):
+        print()
+        print(inference_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    if any("error" in r for r in results):
+        raise SystemExit(1)
+
+
+def _drop_option(argv, name):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def markdown_table(results):
+    lines = [
+        "| backend | ours: s/epoch (median) | plain: s/epoch (median) "
+        "| ratio (median) | ratio (min/min) | CPU-time ratio (median) "
+        "| runs ours / plain (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | failed | | | | | |")
+            continue
+        runs = (
+            " ".join(f"{t:.1f}" for t in r["ours_s"])
+            + " / "
+            + " ".join(f"{t:.1f}" for t in r["plain_s"])
+        )
+        lines.append(
+            f"| {r['backend']} {r['backend_version']} "
+            f"| {r['ours_median_s']:.2f} | {r['plain_median_s']:.2f} "
+            f"| **{r['ratio_median']:.2f}x** | {r['ratio_min']:.2f}x "
+            f"| {r['cpu_ratio_median']:.2f}x | {runs} |"
+        )
+    return "\n".join(lines)
+
+
+def breakdown_table(results):
+    lines = [
+        "| backend | plain | hybrid: plain kernels + our activations/"
+        "pooling | ours | activations/pooling: hybrid / plain "
+        "| normalization: ours / hybrid |",
+        "|---|---|---|---|---|---|",
+    ]
+    med = statistics.median
+    for r in results:
+        if "hybrid_median_s" not in r:
+            continue
+        p, h, o = r["plain_median_s"], r["hybrid_median_s"], r["ours_median_s"]
+        pc, hc, oc = med(r["plain_cpu_s"]), med(r["hybrid_cpu_s"]), med(
+            r["ours_cpu_s"]
+        )
+        lines.append(
+            f"| {r['backend']} | {p:.2f}s (cpu {pc:.1f}s) "
+            f"| {h:.2f}s (cpu {hc:.1f}s) | {o:.2f}s (cpu {oc:.1f}s) "
+            f"| {h / p:.2f}x (cpu {hc / pc:.2f}x) "
+            f"| {o / h:.2f}x (cpu {oc / hc:.2f}x) |"
+        )
+    return "\n".join(lines)
+
+
+def inference_table(results):
+    lines = [
+        "| backend | plain (samples/s) | ours, inference mode | "
+        "vanilla_export |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        if "predict_plain_samples_per_s" not in r:
+            continue
+
+        def cell(name):
+            key = f"predict_{name}_samples_per_s"
+            if key not in r:
+                return "n/a"
+            slow = r[f"predict_{name}_slowdown"]
+            return f"{r[key]:.0f} ({slow:.2f}x slower)"
+
+        lines.append(
+            f"| {r['backend']} | {r['predict_plain_samples_per_s']:.0f} "
+            f"| {cell('ours')} | {cell('exported')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child:
+        run_child(args)
+    else:
+        run_parent(args, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,545 @@
+"""1-Lipschitz pooling and downsampling layers for 2D feature maps.
+
+Plain average pooling over non-overlapping $p_h \\times p_w$ windows has
+ℓ2 Lipschitz constant $1/\\sqrt{p_h p_w}$; the layers here rescale it to
+exactly 1 (or use the ℓ2 norm of the window, or a permutation of the
+coordinates) so that a 1-Lipschitz network does not lose signal at every
+downsampling step.
+
+The windowed layers only accept `strides` equal to `pool_size` and
+`padding="valid"`:
+
+- overlapping windows multiply the Lipschitz constant by
+  $\\sqrt{\\lceil p_h/s_h\\rceil\\lceil p_w/s_w\\rceil}$;
+- with `padding="same"`, Keras averages a border window over its $m < n$
+  valid entries only, so the rescaled layer has gain $\\sqrt{n/m} > 1$ at
+  the border.
+
+With `padding="valid"` and a spatial size not divisible by the pool, the
+trailing rows/columns are dropped, as in Keras: the layer stays 1-Lipschitz
+but is then no longer gradient norm preserving.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_lipschitz.api_export import keras_lipschitz_export
+from keras_lipschitz.layers import _validation
+
+# Half-precision inputs are pooled in float32 (squares overflow float16 above
+# 256 and the default epsilon is subnormal in float16), then cast back.
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def _to_float32_if_half(x):
+    if keras.backend.standardize_dtype(x.dtype) in _HALF_DTYPES:
+        return ops.cast(x, "float32")
+    return x
+
+
+def _validate_valid_padding(padding):
+    if isinstance(padding, str) and padding.lower() == "same":
+        raise ValueError(
+            '`padding` must be "valid": with "same" padding a border window '
+            "is averaged over its valid entries only, so the rescaled pool "
+            'is not 1-Lipschitz. Received: padding="same"'
+        )
+    return _validation.validate_choice("padding", padding, {"valid"})
+
+
+def _spatial_axes(data_format):
+    return (1, 2) if data_format == "channels_last" else (2, 3)
+
+
+def _validate_epsilon(epsilon):
+    return _validation.validate_positive_number("epsilon", epsilon)
+
+
+class _ScaledWindowPooling2D(keras.layers.Layer):
+    """Argument checks, shapes and config of the windowed pooling layers."""
+
+    def __init__(
+        self,
+        pool_size=(2, 2),
+        strides=None,
+        padding="valid",
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.pool_size = _validation.validate_int_tuple("pool_size", pool_size)
+        if strides is not None:
+            strides = _validation.validate_int_tuple("strides", strides)
+            if strides != self.pool_size:
+                raise ValueError(
+                    "`strides` must be None or equal to `pool_size` "
+                    f"{self.pool_size}: overlapping or gapped windows are "
+                    "not 1-Lipschitz after rescaling. "
+                    f"Received: strides={strides}"
+                )
+        self.strides = self.pool_size
+        self.padding = _validate_valid_padding(padding)
+        self.data_format = _validation.validate_data_format(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        for axis, pool in zip(_spatial_axes(self.data_format), self.pool_size):
+            size = input_shape[axis]
+            if size is not None and size < pool:
+                raise ValueError(
+                    f"`pool_size` {self.pool_size} is larger than the "
+                    f"spatial input size (data_format={self.data_format!r}). "
+                    f"Received: input_shape={input_shape}"
+                )
+
+    @property
+    def _window_size(self):
+        return self.pool_size[0] * self.pool_size[1]
+
+    def _average_pool(self, x):
+        return ops.average_pool(
+            x,
+            pool_size=self.pool_size,
+            strides=self.strides,
+            padding="valid",
+            data_format=self.data_format,
+        )
+
+    def compute_output_shape(self, input_shape):
+        output_shape = list(input_shape)
+        for axis, pool in zip(_spatial_axes(self.data_format), self.pool_size):
+            size = input_shape[axis]
+            output_shape[axis] = None if size is None else size // pool
+        return tuple(output_shape)
+
+    def lipschitz_upper_bound(self):
+        """Guaranteed ℓ2 Lipschitz constant of the layer: 1.0.
+
+        Returns:
+            A Python float.
+        """
+        return 1.0
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "pool_size": self.pool_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+            }
+        )
+        return config
+
+
+@keras_lipschitz_export
+class ScaledAveragePooling2D(_ScaledWindowPooling2D):
+    """Average pooling rescaled to be 1-Lipschitz: window sum over √n.
+
+    Over each non-overlapping $p_h \\times p_w$ window $\\Omega$ of
+    $n = p_h p_w$ pixels, per channel:
+
+    $$y = \\sqrt{n}\\,\\operatorname{avg}_{\\Omega}(x)
+    = \\frac{1}{\\sqrt{n}} \\sum_{(i,j)\\in\\Omega} x_{ij}.$$
+
+    Each output is the inner product of its window with a unit vector, and
+    windows are disjoint, so the layer is exactly 1-Lipschitz (ℓ2), and
+    gradient norm preserving when the spatial sizes are divisible by the
+    pool.
+
+    Reference: deel-lip `ScaledAveragePooling2D`; Araujo et al., "A
+    unified algebraic perspective on Lipschitz neural networks", ICLR 2023
+    (SLL uses window sum / 4 on 4x4 windows).
+
+    Args:
+        pool_size: int or tuple of 2 ints, the window size.
+        strides: None or equal to `pool_size` (anything else is rejected).
+        padding: only `"valid"` is accepted (see the module docstring).
+        data_format: `"channels_last"`, `"channels_first"`, or None for
+            `keras.config.image_data_format()`.
+
+    Input shape:
+        4D tensor `(batch, H, W, C)` (channels_last) or `(batch, C, H, W)`.
+
+    Output shape:
+        4D tensor with `H // p_h` and `W // p_w` spatial sizes.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.ones((1, 2, 2, 1), "float32")
+    >>> layer = ScaledAveragePooling2D(data_format="channels_last")
+    >>> ops.convert_to_numpy(layer(x)).ravel().tolist()  # 4 / sqrt(4)
+    [2.0]
+    """
+
+    def call(self, inputs):
+        return ops.multiply(
+            self._average_pool(inputs),
+            ops.cast(math.sqrt(self._window_size), inputs.dtype),
+        )
+
+
+@keras_lipschitz_export
+class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
+    """ℓ2-norm pooling: the (smoothed) Euclidean norm of each window.
+
+    Over each non-overlapping $p_h \\times p_w$ window $\\Omega$, per
+    channel:
+
+    $$y = \\sqrt{\\sum_{(i,j)\\in\\Omega} x_{ij}^2 + \\varepsilon}.$$
+
+    $z \\mapsto \\sqrt{\\|z\\|^2 + \\varepsilon}$ has gradient
+    $z/\\sqrt{\\|z\\|^2+\\varepsilon}$ of norm $< 1$, and windows are
+    disjoint, so the layer is 1-Lipschitz (ℓ2) for every
+    $\\varepsilon > 0$; as $\\varepsilon \\to 0$ it becomes gradient norm
+    preserving. $\\varepsilon$ keeps the gradient finite (zero) at $x = 0$,
+    where $\\sqrt{\\cdot}$ alone gives NaN (deel-lip issue #9), and shifts
+    each output by at most $\\sqrt{\\varepsilon}$.
+
+    Note: deel-lip computes $\\sqrt{n}\\sqrt{\\operatorname{avg}(x^2) +
+    \\varepsilon} = \\sqrt{\\sum x^2 + n\\varepsilon}$; here $\\varepsilon$ is
+    not multiplied by the window size $n$, consistently with
+    `ScaledGlobalL2NormPooling2D`. Half-precision inputs are pooled in
+    float32 and the result is cast back.
+
+    Reference: deel-lip `ScaledL2NormPooling2D` (Serrurier et al.,
+    "Achieving robustness in classification using optimal transport with
+    hinge regularization", CVPR 2021).
+
+    Args:
+        pool_size: int or tuple of 2 ints, the window size.
+        strides: None or equal to `pool_size` (anything else is rejected).
+        padding: only `"valid"` is accepted.
+        epsilon: float > 0 added under the square root.
+        data_format: `"channels_last"`, `"channels_first"`, or None for
+            `keras.config.image_data_format()`.
+
+    Input shape:
+        4D tensor `(batch, H, W, C)` (channels_last) or `(batch, C, H, W)`.
+
+    Output shape:
+        4D tensor with `H // p_h` and `W // p_w` spatial sizes.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([3.0, 4.0, 0.0, 0.0], "float32").reshape(1, 2, 2, 1)
+    >>> layer = ScaledL2NormPooling2D(data_format="channels_last")
+    >>> round(float(ops.convert_to_numpy(layer(x)).ravel()[0]), 4)
+    5.0
+    """
+
+    def __init__(
+        self,
+        pool_size=(2, 2),
+        strides=None,
+        padding="valid",
+        epsilon=1e-6,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(
+            pool_size=pool_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            **kwargs,
+        )
+        self.epsilon = _validate_epsilon(epsilon)
+
+    def call(self, inputs):
+        x = _to_float32_if_half(inputs)
+        window_sum = ops.multiply(
+            self._average_pool(ops.square(x)),
+            ops.cast(self._window_size, x.dtype),
+        )
+        outputs = ops.sqrt(ops.add(window_sum, self.epsilon))
+        return ops.cast(outputs, inputs.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["epsilon"] = self.epsilon
+        return config
+
+
+class _ScaledGlobalPooling2D(keras.layers.Layer):
+    """Config and shapes of the global pooling layers."""
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        self.data_format = _validation.validate_data_format(data_format)
+        self.keepdims = bool(keepdims)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def compute_output_shape(self, input_shape):
+        axes = _spatial_axes(self.data_format)
+        if self.keepdims:
+            return tuple(
+                1 if i in axes else d for i, d in enumerate(input_shape)
+            )
+        return tuple(d for i, d in enumerate(input_shape) if i not in axes)
+
+    def lipschitz_upper_bound(self):
+        """Guaranteed ℓ2 Lipschitz constant of the layer: 1.0.
+
+        Returns:
+            A Python float.
+        """
+        return 1.0
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"data_format": self.data_format, "keepdims": self.keepdims}
+        )
+        return config
+
+
+@keras_lipschitz_export
+class ScaledGlobalAveragePooling2D(_ScaledGlobalPooling2D):
+    """Global average pooling rescaled to be 1-Lipschitz.
+
+    Per channel, over the $H \\times W$ spatial positions:
+
+    $$y = \\sqrt{HW}\\,\\operatorname{mean}_{ij}(x_{ij})
+    = \\frac{1}{\\sqrt{HW}}\\sum_{i,j} x_{ij}.$$
+
+    An inner product with a unit vector per channel: exactly 1-Lipschitz
+    (ℓ2). The scale needs $H$ and $W$, so they must be known when the layer
+    is built; the layer then only accepts inputs of that spatial size.
+
+    Reference: deel-lip `ScaledGlobalAveragePooling2D`.
+
+    Args:
+        data_format: `"channels_last"`, `"channels_first"`, or None for
+            `keras.config.image_data_format()`.
+        keepdims: bool, keep the spatial axes with size 1.
+
+    Input shape:
+        4D tensor with static spatial sizes.
+
+    Output shape:
+        `(batch, C)`, or `(batch, 1, 1, C)` / `(batch, C, 1, 1)` with
+        `keepdims=True`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.ones((1, 3, 3, 2), "float32")
+    >>> layer = ScaledGlobalAveragePooling2D(data_format="channels_last")
+    >>> ops.convert_to_numpy(layer(x)).tolist()  # 9 / sqrt(9)
+    [[3.0, 3.0]]
+    """
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        self._scale = None
+
+    def build(self, input_shape):
+        axes = _spatial_axes(self.data_format)
+        sizes = [input_shape[axis] for axis in axes]
+        if any(size is None for size in sizes):
+            raise ValueError(
+                "ScaledGlobalAveragePooling2D needs static spatial sizes "
+                "(its scale is 1/sqrt(H*W)); check `data_format` "
+                f"({self.data_format!r}) and the input. "
+                f"Received: input_shape={input_shape}"
+            )
+        self._scale = 1.0 / math.sqrt(sizes[0] * sizes[1])
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={axes[0]: sizes[0], axes[1]: sizes[1]}
+        )
+
+    def call(self, inputs):
+        total = ops.sum(
+            inputs, axis=_spatial_axes(self.data_format), keepdims=self.keepdims
+        )
+        return ops.multiply(total, ops.cast(self._scale, inputs.dtype))
+
+
+@keras_lipschitz_export
+class ScaledGlobalL2NormPooling2D(_ScaledGlobalPooling2D):
+    """Global ℓ2-norm pooling: the smoothed norm of each channel's map.
+
+    Per channel, over all spatial positions:
+
+    $$y = \\sqrt{\\sum_{i,j} x_{ij}^2 + \\varepsilon}.$$
+
+    1-Lipschitz (ℓ2) for every $\\varepsilon > 0$ and gradient norm
+    preserving as $\\varepsilon \\to 0$; $\\varepsilon$ keeps the gradient
+    finite at $x = 0$. Works with any (also unknown) spatial size.
+    Half-precision inputs are pooled in float32 and cast back.
+
+    Reference: deel-lip `ScaledGlobalL2NormPooling2D`.
+
+    Args:
+        data_format: `"channels_last"`, `"channels_first"`, or None for
+            `keras.config.image_data_format()`.
+        keepdims: bool, keep the spatial axes with size 1.
+        epsilon: float > 0 added under the square root.
+
+    Input shape:
+        4D tensor.
+
+    Output shape:
+        `(batch, C)`, or `(batch, 1, 1, C)` / `(batch, C, 1, 1)` with
+        `keepdims=True`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([3.0, 4.0], "float32").reshape(1, 1, 2, 1)
+    >>> layer = ScaledGlobalL2NormPooling2D(data_format="channels_last")
+    >>> round(float(ops.convert_to_numpy(layer(x)).ravel()[0]), 4)
+    5.0
+    """
+
+    def __init__(
+        self, data_format=None, keepdims=False, epsilon=1e-6, **kwargs
+    ):
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        self.epsilon = _validate_epsilon(epsilon)
+
+    def call(self, inputs):
+        x = _to_float32_if_half(inputs)
+        total = ops.sum(
+            ops.square(x),
+            axis=_spatial_axes(self.data_format),
+            keepdims=self.keepdims,
+        )
+        return ops.cast(ops.sqrt(ops.add(total, self.epsilon)), inputs.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["epsilon"] = self.epsilon
+        return config
+
+
+@keras_lipschitz_export
+class InvertibleDownSampling(keras.layers.Layer):
+    """Space-to-depth: moves each $p_h \\times p_w$ block into the channels.
+
+    `(batch, H, W, C)` becomes `(batch, H/p_h, W/p_w, p_h p_w C)` (or the
+    `channels_first` equivalent). Output pixel $(i, j)$, channel
+    $(a\\,p_w + b)\\,C + c$ holds input pixel $(i p_h + a, j p_w + b)$,
+    channel $c$, for $0 \\le a < p_h$, $0 \\le b < p_w$: the channel order
+    of `tf.nn.space_to_depth`, used for **both** data formats (PyTorch's
+    `PixelUnshuffle` uses $c\\,p_h p_w + a\\,p_w + b$ instead: permute the
+    channels when porting weights).
+
+    A permutation of the coordinates: orthogonal, hence 1-Lipschitz,
+    gradient norm preserving and exactly invertible. $H$ and $W$ must be
+    known and divisible by the pool.
+
+    Reference: Jacobsen, Smeulders, Oyallon, "i-RevNet: Deep invertible
+    networks", ICLR 2018; used for downsampling in orthogonal networks by
+    SOC (Singla & Feizi, ICML 2021) and AOL (Prach & Lampert, ECCV 2022).
+
+    Args:
+        pool_size: int or tuple of 2 ints $(p_h, p_w)$.
+        data_format: `"channels_last"`, `"channels_first"`, or None for
+            `keras.config.image_data_format()`.
+
+    Input shape:
+        4D tensor with static H, W, C; H divisible by $p_h$, W by $p_w$.
+
+    Output shape:
+        `(batch, H/p_h, W/p_w, p_h p_w C)` (channels_last) or
+        `(batch, p_h p_w C, H/p_h, W/p_w)` (channels_first).
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.arange(4, dtype="float32").reshape(1, 2, 2, 1)
+    >>> layer = InvertibleDownSampling(2, data_format="channels_last")
+    >>> ops.convert_to_numpy(layer(x)).tolist()
+    [[[[0.0, 1.0, 2.0, 3.0]]]]
+    """
+
+    def __init__(self, pool_size=2, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = _validation.validate_int_tuple("pool_size", pool_size)
+        self.data_format = _validation.validate_data_format(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        if self.data_format == "channels_last":
+            _, height, width, channels = input_shape
+        else:
+            _, channels, height, width = input_shape
+        for name, size, pool in (
+            ("H", height, self.pool_size[0]),
+            ("W", width, self.pool_size[1]),
+        ):
+            if size is None or size % pool:
+                raise ValueError(
+                    f"`pool_size` {self.pool_size} must divide the spatial "
+                    f"sizes, and {name} must be known "
+                    f"(data_format={self.data_format!r}). "
+                    f"Received: {name}={size}, input_shape={input_shape}"
+                )
+        if channels is None:
+            raise ValueError(
+                "InvertibleDownSampling needs a known channel dimension "
+                f"(data_format={self.data_format!r}). "
+                f"Received: input_shape={input_shape}"
+            )
+        axes = (1, 2, 3) if self.data_format == "channels_last" else (2, 3, 1)
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes=dict(zip(axes, (height, width, channels)))
+        )
+
+    def call(self, inputs):
+        ph, pw = self.pool_size
+        if self.data_format == "channels_last":
+            _, height, width, channels = inputs.shape
+            x = ops.reshape(
+                inputs, (-1, height // ph, ph, width // pw, pw, channels)
+            )
+            # -> (batch, H/ph, W/pw, ph, pw, C)
+            x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+            return ops.reshape(
+                x, (-1, height // ph, width // pw, ph * pw * channels)
+            )
+        _, channels, height, width = inputs.shape
+        x = ops.reshape(
+            inputs, (-1, channels, height // ph, ph, width // pw, pw)
+        )
+        # -> (batch, ph, pw, C, H/ph, W/pw)
+        x = ops.transpose(x, (0, 3, 5, 1, 2, 4))
+        return ops.reshape(
+            x, (-1, ph * pw * channels, height // ph, width // pw)
+        )
+
+    def compute_output_shape(self, input_shape):
+        ph, pw = self.pool_size
+
+        def div(size, pool):
+            return None if size is None else size // pool
+
+        if self.data_format == "channels_last":
+            batch, height, width, channels = input_shape
+            depth = None if channels is None else ph * pw * channels
+            return (batch, div(height, ph), div(width, pw), depth)
+        batch, channels, height, width = input_shape
+        depth = None if channels is None else ph * pw * channels
+        return (batch, depth, div(height, ph), div(width, pw))
+
+    def lipschitz_upper_bound(self):
+        """Guaranteed ℓ2 Lipschitz constant of the layer: 1.0.
+
+        Returns:
+            A Python float.
+        """
+        return 1.0
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"pool_size": self.pool_size, "data_format": self.data_format}
+        )
+        return config

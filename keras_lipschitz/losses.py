@@ -1,0 +1,1153 @@
+"""Losses for Lipschitz classifiers.
+
+Every loss is a `keras.losses.Loss` whose `call` returns per-sample values
+and delegates to a public function of the same name in snake_case (`HKR` →
+`hkr`), so the maths can be used without the class.
+
+**Labels.**
+
+- Binary losses (`KR`, `HingeMargin`, `HKR`) take a score `y_pred` of shape
+  `(B,)` or `(B, 1)` and labels of shape `(B,)` or `(B, 1)` with values in
+  $\\{0, 1\\}$ or $\\{-1, +1\\}$: the positive class is $y > 0$ and
+  $\\operatorname{sign}(y) = +1$ if $y > 0$ else $-1$. A `(B, C)` score with
+  `(B, C)` labels is read as $C$ independent binary problems (multi-label),
+  averaged over the columns, as in deel-lip.
+- Multiclass losses (`MulticlassKR`, `MulticlassHinge`, `MulticlassHKR`,
+  `TauCategoricalCrossentropy`, `CLL`) take logits of shape `(B, C)` and
+  one-hot labels `(B, C)` or integer class indices `(B,)` or `(B, 1)`.
+- Label values and class indices are checked whenever they are concrete
+  (NumPy arrays, eager tensors). Inside a compiled step (`tf.function`,
+  `jax.jit`, `torch.compile`) they cannot be inspected: an out-of-range index
+  then gives an all-zero one-hot row.
+
+**Hyper-parameters** are plain Python floats stored in `get_config()` and
+validated whenever they are set, also after construction. A float is a
+constant of the compiled train step, which TF and JAX reuse from one `fit`
+call to the next: to change one during `fit`, use
+`keras_lipschitz.callbacks.LossParamScheduler`, which rebuilds the compiled
+steps so the new value is used on every backend. After setting one by hand
+between two `fit` calls, do the same: `model.make_train_function(force=True)`
+and `model.test_function = None` (or compile again).
+
+**deel-lip conventions.** `KR`, `HingeMargin`, `HKR` and their multiclass
+versions follow deel-ai/deel-lip (TensorFlow) exactly:
+
+- the hinge is $(m/2 - \\operatorname{sign}(y)f)_+$, so deel-lip's
+  `min_margin` is **twice** the margin $m$ of the HKR paper;
+- `alpha` weights the hinge and is unbounded ($\\alpha \\ge 0$, `inf` for
+  hinge only). deel-torchlip instead uses a convex weight $a \\in [0, 1]$,
+  $a\\cdot\\text{hinge} - (1-a)\\cdot\\text{KR}$: $a = \\alpha/(1+\\alpha)$,
+  and the deel-lip loss is $(1+\\alpha)$ times the torchlip one.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lipschitz.api_export import keras_lipschitz_export
+from keras_lipschitz.layers import _validation
+from keras_lipschitz.layers.dense import _LipschitzDense
+
+# Added to the class counts of the KR estimate (as in deel-lip).
+KR_EPSILON = 1e-7
+
+# Floor of the squared distance between two rows of the last layer, so that
+# the square root keeps a finite gradient.
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+# --------------------------------------------------------------------------
+# Argument validation.
+# --------------------------------------------------------------------------
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _validate_nonnegative(name, value, allow_inf=False):
+    if (
+        not _is_real(value)
+        or value != value
+        or value < 0
+        or (value == float("inf") and not allow_inf)
+    ):
+        extra = " (or inf)" if allow_inf else ""
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0{extra}. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _validate_alpha(name, value):
+    return _validate_nonnegative(name, value, allow_inf=True)
+
+
+def _validate_open_unit(name, value):
+    if not _is_real(value) or not 0.0 < value < 1.0:
+        raise ValueError(
+            f"`{name}` must be a number in the open interval (0, 1). "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+_validate_positive = _validation.validate_positive_number
+
+
+# --------------------------------------------------------------------------
+# Labels.
+# --------------------------------------------------------------------------
+
+
+def _concrete_numpy(x):
+    """`x` as a NumPy array when its value is known, else `None`.
+
+    Inside a compiled step (a `tf.function` graph, a JAX tracer, a
+    `torch.compile` graph or a symbolic build) values are unknown and nothing
+    is checked.
+    """
+    if isinstance(x, (np.ndarray, np.generic, numbers.Number)):
+        return np.asarray(x)
+    if isinstance(x, keras.KerasTensor):
+        return None
+    backend = keras.config.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            if isinstance(x, jax.core.Tracer):
+                return None
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            if not tf.executing_eagerly():
+                return None
+        elif backend == "torch":
+            import torch
+
+            if torch.compiler.is_compiling():
+                return None
+            if isinstance(x, torch.Tensor) and x.device.type == "meta":
+                return None
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception:  # Anything not convertible is not checked.
+        return None
+
+
+def _float_tensor(x):
+    x = ops.convert_to_tensor(x)
+    if not keras.backend.is_float_dtype(x.dtype):
+        x = ops.cast(x, "float32")
+    return x
+
+
+def _check_batch(y_true, y_pred):
+    b_true, b_pred = y_true.shape[0], y_pred.shape[0]
+    if b_true is not None and b_pred is not None and b_true != b_pred:
+        raise ValueError(
+            "`y_true` and `y_pred` must have the same batch size. Received: "
+            f"y_true.shape={tuple(y_true.shape)}, "
+            f"y_pred.shape={tuple(y_pred.shape)}"
+        )
+
+
+def multiclass_labels(y_true, y_pred):
+    """Standardizes multiclass labels to one-hot.
+
+    Args:
+        y_true: one-hot labels `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_pred: logits `(B, C)`.
+
+    Returns:
+        `(one_hot, y_pred)`, both floating tensors of shape `(B, C)` and of
+        `y_pred`'s dtype.
+
+    Raises:
+        ValueError: if the shapes disagree, or if concrete class indices are
+            not integers in `[0, C)`.
+    """
+    y_pred = _float_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_pred.shape) != 2:
+        raise ValueError(
+            "`y_pred` must be logits of shape (batch, classes). Received: "
+            f"y_pred.shape={tuple(y_pred.shape)}"
+        )
+    _check_batch(y_true, y_pred)
+    classes = y_pred.shape[-1]
+    rank = len(y_true.shape)
+    if rank == 2 and y_true.shape[-1] == classes:
+        return ops.cast(y_true, y_pred.dtype), y_pred
+    if rank == 1 or (rank == 2 and y_true.shape[-1] == 1):
+        if classes is None:
+            raise ValueError(
+                "Integer labels need logits with a known number of classes. "
+                f"Received: y_pred.shape={tuple(y_pred.shape)}"
+            )
+        values = _concrete_numpy(y_true)
+        if values is not None and values.size:
+            if (
+                not np.all(np.isfinite(values))
+                or np.any(values != np.round(values))
+                or values.min() < 0
+                or values.max() >= classes
+            ):
+                raise ValueError(
+                    "Integer labels `y_true` must be class indices in "
+                    f"[0, {classes}) (the last dimension of `y_pred`). "
+                    f"Received values between {values.min()} and "
+                    f"{values.max()}."
+                )
+        indices = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        return ops.one_hot(indices, classes, dtype=y_pred.dtype), y_pred
+    raise ValueError(
+        "`y_true` must be one-hot labels with the shape of `y_pred`, or "
+        "integer labels of shape (batch,) or (batch, 1). Received: "
+        f"y_true.shape={tuple(y_true.shape)}, "
+        f"y_pred.shape={tuple(y_pred.shape)}"
+    )
+
+
+def binary_labels(y_true, y_pred):
+    """Standardizes binary labels and scores to rank 2.
+
+    Args:
+        y_true: labels in {0, 1} or {-1, +1}, of shape `(B,)`, `(B, 1)` or
+            the shape of `y_pred`.
+        y_pred: scores `(B,)`, `(B, 1)` or `(B, C)` (multi-label).
+
+    Returns:
+        `(y_true, y_pred)`, floating tensors of shape `(B, C)` (`C = 1` for a
+        single score) and of `y_pred`'s dtype.
+
+    Raises:
+        ValueError: if the shapes disagree, or if concrete labels are not in
+            {-1, 0, 1}.
+    """
+    y_pred = _float_tensor(y_pred)
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_pred.shape) == 1:
+        y_pred = ops.expand_dims(y_pred, -1)
+    if len(y_true.shape) == 1:
+        y_true = ops.expand_dims(y_true, -1)
+    if (
+        len(y_pred.shape) != 2
+        or len(y_true.shape) != 2
+        or (
+            y_true.shape[-1] is not None
+            and y_pred.shape[-1] is not None
+            and y_true.shape[-1] != y_pred.shape[-1]
+        )
+    ):
+        raise ValueError(
+            "Binary losses need `y_true` and `y_pred` of shape (batch,), "
+            "(batch, 1) or the same shape (batch, C). Received: "
+            f"y_true.shape={tuple(y_true.shape)}, "
+            f"y_pred.shape={tuple(y_pred.shape)}"
+        )
+    _check_batch(y_true, y_pred)
+    values = _concrete_numpy(y_true)
+    if values is not None and not np.all(np.isin(values, (-1.0, 0.0, 1.0))):
+        raise ValueError(
+            "Binary labels `y_true` must be in {0, 1} or {-1, +1}. "
+            f"Received values: {np.unique(values)[:10].tolist()}"
+        )
+    return ops.cast(y_true, y_pred.dtype), y_pred
+
+
+# --------------------------------------------------------------------------
+# Functional forms.
+# --------------------------------------------------------------------------
+
+
+def _kr_per_sample(positive, y_pred):
+    """Per-sample terms whose batch mean is mean_c(E_pos f_c - E_neg f_c)."""
+    pos = ops.cast(positive, y_pred.dtype)
+    neg = 1.0 - pos
+    n_pos = ops.sum(pos, axis=0)
+    n_neg = ops.sum(neg, axis=0)
+    batch = n_pos + n_neg
+    weights = batch * (pos / (n_pos + KR_EPSILON) - neg / (n_neg + KR_EPSILON))
+    return ops.mean(y_pred * weights, axis=-1)
+
+
+def kr(y_true, y_pred):
+    """Per-sample Kantorovich–Rubinstein (Wasserstein-1 dual) terms.
+
+    $$\\mathrm{KR} = \\mathbb{E}_{y>0}[f] - \\mathbb{E}_{y\\le 0}[f]$$
+
+    is a batch quantity. Sample $i$ of a batch of size $B$ gets
+    $B f_i\\,(\\mathbb{1}[y_i>0]/n_+ - \\mathbb{1}[y_i\\le 0]/n_-)$, whose
+    batch mean is the estimate ($10^{-7}$ is added to the counts $n_\\pm$).
+    Columns of a `(B, C)` input are averaged. Every batch needs both classes.
+
+    This is the quantity to **maximize** (deel-lip's sign convention):
+    monitor it, or minimize `hkr(..., alpha=0.0)` $= -\\mathrm{KR}$.
+
+    Args:
+        y_true: binary labels, see the module docstring.
+        y_pred: scores.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import keras
+    >>> import numpy as np
+    >>> y = np.array([1, 1, 0, 0])
+    >>> f = np.array([2.0, 1.0, 0.0, -1.0], "float32")
+    >>> terms = keras.ops.convert_to_numpy(kr(y, f))
+    >>> round(float(terms.mean()), 4)  # (2 + 1) / 2 - (0 - 1) / 2
+    2.0
+    """
+    y_true, y_pred = binary_labels(y_true, y_pred)
+    return _kr_per_sample(y_true > 0, y_pred)
+
+
+def _signed_hinge(y_true, y_pred, min_margin):
+    sign = ops.where(y_true > 0, 1.0, -1.0)
+    sign = ops.cast(sign, y_pred.dtype)
+    return ops.relu(min_margin / 2.0 - sign * y_pred)
+
+
+def hinge_margin(y_true, y_pred, min_margin=1.0):
+    """Per-sample binary hinge loss (deel-lip convention).
+
+    $$\\ell = \\big(\\tfrac{m}{2} - \\operatorname{sign}(y)\\,f\\big)_+,$$
+
+    with $m$ = `min_margin` (averaged over the columns of a `(B, C)` input).
+    A score with $|f| \\ge m/2$ on the right side costs nothing, so the
+    enforced margin between the classes is `min_margin`, and a 1-Lipschitz
+    $f$ certifies the radius $|f| \\ge m/2$.
+
+    Args:
+        y_true: binary labels in {0, 1} or {-1, +1}.
+        y_pred: scores.
+        min_margin: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> f = np.array([0.2, 0.6], "float32")
+    >>> loss = hinge_margin(np.array([1, -1]), f, 1.0)
+    >>> np.round(keras.ops.convert_to_numpy(loss).astype(float), 4).tolist()
+    [0.3, 1.1]
+    """
+    min_margin = _validate_positive("min_margin", min_margin)
+    y_true, y_pred = binary_labels(y_true, y_pred)
+    return ops.mean(_signed_hinge(y_true, y_pred, min_margin), axis=-1)
+
+
+def hkr(y_true, y_pred, alpha, min_margin=1.0):
+    """Per-sample hinge-regularized KR loss (deel-lip convention).
+
+    $$\\ell = -\\mathrm{KR} + \\alpha\\,
+    \\big(\\tfrac{m}{2} - \\operatorname{sign}(y) f\\big)_+,$$
+
+    the minimized objective of Serrurier et al., "Achieving robustness in
+    classification using optimal transport with hinge regularization"
+    (CVPR 2021), $\\mathbb{E}_{P_-}[f] - \\mathbb{E}_{P_+}[f] +
+    \\alpha\\,\\mathbb{E}(m' - Yf)_+$, with the paper's margin
+    $m' = m/2$: `min_margin` is twice the paper's margin.
+    `alpha = inf` gives the hinge alone and `alpha = 0` gives $-$KR alone.
+
+    Args:
+        y_true: binary labels in {0, 1} or {-1, +1}.
+        y_pred: scores.
+        alpha: float >= 0 or `inf`, weight of the hinge.
+        min_margin: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)` whose batch mean is the loss.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.array([1, 0])
+    >>> f = np.array([0.75, -0.25], "float32")
+    >>> # -KR = -(0.75 + 0.25) = -1; hinges: 0, 0.25 (mean 0.125).
+    >>> terms = hkr(y, f, alpha=10.0, min_margin=1.0)
+    >>> round(float(keras.ops.mean(terms)), 4)
+    0.25
+    """
+    alpha = _validate_alpha("alpha", alpha)
+    min_margin = _validate_positive("min_margin", min_margin)
+    y_true, y_pred = binary_labels(y_true, y_pred)
+    hinge = ops.mean(_signed_hinge(y_true, y_pred, min_margin), axis=-1)
+    if alpha == float("inf"):
+        return hinge
+    return alpha * hinge - _kr_per_sample(y_true > 0, y_pred)
+
+
+def multiclass_kr(y_true, y_pred):
+    """Per-sample one-vs-all KR terms, averaged over the classes.
+
+    $$\\mathrm{KR} = \\frac{1}{C}\\sum_c \\big(\\mathbb{E}_{y=c}[f_c] -
+    \\mathbb{E}_{y\\ne c}[f_c]\\big),$$
+
+    split over the samples as in `kr` (batch mean = estimate). A class
+    absent from the batch contributes $-\\mathbb{E}[f_c]$. This is the
+    quantity to maximize (deel-lip's sign convention).
+
+    Args:
+        y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_pred: logits `(B, C)`.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[1.0, -1.0], [-1.0, 1.0]], "float32")
+    >>> round(float(keras.ops.mean(multiclass_kr(np.array([0, 1]), z))), 4)
+    2.0
+    """
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    return _kr_per_sample(one_hot > 0, y_pred)
+
+
+def _multiclass_hinge(one_hot, y_pred, min_margin):
+    classes = ops.cast(ops.shape(y_pred)[-1], y_pred.dtype)
+    z_true = ops.sum(one_hot * y_pred, axis=-1, keepdims=True)
+    pair = ops.relu(min_margin / 2.0 - z_true) + ops.relu(
+        min_margin / 2.0 + y_pred
+    )
+    return ops.sum((1.0 - one_hot) * pair, axis=-1) / classes
+
+
+def multiclass_hinge(y_true, y_pred, min_margin=1.0):
+    """Per-sample one-vs-all hinge loss (deel-lip `MulticlassHinge`).
+
+    $$\\ell = \\frac{1}{C}\\Big[(C-1)\\big(\\tfrac{m}{2} - f_y\\big)_+ +
+    \\sum_{j\\ne y}\\big(\\tfrac{m}{2} + f_j\\big)_+\\Big],$$
+
+    i.e. the binary hinge of every output with the true-class term weighted
+    by $C-1$. `min_margin` $= m$ is twice the margin of each output.
+
+    Args:
+        y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_pred: logits `(B, C)`.
+        min_margin: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[0.25, -1.0, 0.0]], "float32")
+    >>> # ((3 - 1) * 0.25 + 0 + 0.5) / 3
+    >>> round(float(multiclass_hinge(np.array([0]), z, 1.0)[0]), 4)
+    0.3333
+    """
+    min_margin = _validate_positive("min_margin", min_margin)
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    return _multiclass_hinge(one_hot, y_pred, min_margin)
+
+
+def multiclass_hkr(y_true, y_pred, alpha=10.0, min_margin=1.0):
+    """Per-sample multiclass hinge-regularized KR loss (deel-lip).
+
+    $$\\ell = -\\mathrm{KR}_{\\text{multiclass}} + \\alpha\\,
+    \\ell_{\\text{multiclass hinge}}$$
+
+    (Serrurier et al., CVPR 2021, one-vs-all). `alpha = inf` gives the
+    hinge alone.
+
+    Args:
+        y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_pred: logits `(B, C)`.
+        alpha: float >= 0 or `inf`.
+        min_margin: float > 0 (twice the paper's margin).
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[1.0, -1.0], [-1.0, 1.0]], "float32")
+    >>> # -KR = -2, hinges are 0.
+    >>> terms = multiclass_hkr(np.array([0, 1]), z)
+    >>> round(float(keras.ops.mean(terms)), 4)
+    -2.0
+    """
+    alpha = _validate_alpha("alpha", alpha)
+    min_margin = _validate_positive("min_margin", min_margin)
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    hinge = _multiclass_hinge(one_hot, y_pred, min_margin)
+    if alpha == float("inf"):
+        return hinge
+    return alpha * hinge - _kr_per_sample(one_hot > 0, y_pred)
+
+
+def tau_categorical_crossentropy(y_true, y_pred, tau):
+    """Per-sample cross-entropy at temperature $1/\\tau$, rescaled.
+
+    $$\\ell = \\frac{1}{\\tau}\\,\\mathrm{CE}\\big(\\operatorname{softmax}
+    (\\tau z), y\\big).$$
+
+    A large $\\tau$ tends to a zero-margin hinge on the top logit; a small
+    $\\tau$ pushes for larger margins. Certify on the raw logits $z$, never
+    on $\\tau z$.
+
+    Args:
+        y_true: one-hot (or soft) labels `(B, C)` or class indices `(B,)` /
+            `(B, 1)`.
+        y_pred: logits `(B, C)`.
+        tau: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[0.0, 0.0]], "float32")
+    >>> round(float(tau_categorical_crossentropy([0], z, tau=2.0)[0]), 4)
+    0.3466
+    """
+    tau = _validate_positive("tau", tau)
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    return (
+        ops.categorical_crossentropy(one_hot, tau * y_pred, from_logits=True)
+        / tau
+    )
+
+
+def pairwise_row_distances(kernel):
+    """Distances $\\|w_i - w_j\\|_2$ between the outputs' weight vectors.
+
+    Args:
+        kernel: Keras-layout kernel `(d_in, C)`: output $j$ is
+            $x^T w_j$ with $w_j$ the column `kernel[:, j]`.
+
+    Returns:
+        Tensor `(C, C)` of distances, with ones on the diagonal (the CLL
+        placeholder). Computed from the Gram matrix, with the squared
+        distance floored at 1e-12 so the gradient stays finite.
+    """
+    kernel = _float_tensor(kernel)
+    gram = ops.matmul(ops.transpose(kernel), kernel)
+    norms = ops.diagonal(gram)
+    squared = norms[:, None] + norms[None, :] - 2.0 * gram
+    eye = ops.eye(ops.shape(gram)[0], dtype=gram.dtype)
+    squared = ops.where(
+        eye > 0, 1.0, ops.maximum(squared, _MIN_SQUARED_DISTANCE)
+    )
+    return ops.sqrt(squared)
+
+
+def cll(
+    y_true,
+    y_pred,
+    epsilon=0.25,
+    slack=0.05,
+    lipschitz=1.0,
+    reg=1e-3,
+    kernel=None,
+):
+    """Per-sample Calibrated Lipschitz-Margin Loss (CLL).
+
+    Losch, Stutz, Schiele, Fritz, "Certified Robust Models with Slack
+    Control and Large Lipschitz Constants" (GCPR 2023), as in the official
+    code (mlosch/CLL) with two-sided offsets and $K$ detached in the
+    cross-entropy:
+
+    $$K_{yj} = L\\,\\|w_y - w_j\\|_2 \\;(j \\ne y),\\quad K_{yy} = L,\\qquad
+    d_j = \\frac{z_j - z_y}{K_{yj}},$$
+
+    $$\\delta_j = +\\varepsilon\\;(j\\ne y),\\quad \\delta_y = -\\varepsilon,
+    \\qquad \\sigma = \\frac{2\\varepsilon}{2\\ln\\frac{2-p}{p}},$$
+
+    $$\\ell = \\mathrm{CE}\\Big(\\frac{d + \\delta}{\\sigma}, y\\Big) +
+    \\lambda\\,\\big(\\max_{i, j} K_{y_i j}\\big)^2,$$
+
+    where $w_j$ are the output weight vectors of the last linear layer
+    (`kernel[:, j]`), $L$ is `lipschitz` (a bound for the network *before*
+    that layer), $p$ is `slack` and $\\lambda$ is `reg`. $-d_j$ is the
+    certified radius against class $j$. A logistic of scale $\\sigma$ puts
+    mass $1-p$ on an interval of width $2\\varepsilon$. The penalty is a
+    batch quantity added to every sample; $K$ is constant
+    (`stop_gradient`) inside the cross-entropy but not in the penalty.
+
+    With `kernel=None`, $K_{yj} = L$ for every pair: `lipschitz` is then a
+    bound for each logit difference $z_y - z_j$ (for a whole logit map that
+    is $L$-Lipschitz in $\\ell_2$, pass $\\sqrt{2}L$), and the penalty is
+    the constant $\\lambda L^2$.
+
+    Args:
+        y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_pred: logits `(B, C)`.
+        epsilon: float > 0, the target radius $\\varepsilon$.
+        slack: float in (0, 1), the slack $p$.
+        lipschitz: float > 0, $L$.
+        reg: float >= 0, $\\lambda$.
+        kernel: optional last-layer kernel `(d_in, C)` (Keras layout).
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> kernel = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    >>> z = np.array([[1.0, 0.0]], "float32")
+    >>> loss = cll([0], z, epsilon=0.25, slack=0.05, reg=0.0, kernel=kernel)
+    >>> round(float(loss[0]), 4)
+    0.047
+    """
+    epsilon = _validate_positive("epsilon", epsilon)
+    slack = _validate_open_unit("slack", slack)
+    lipschitz = _validate_positive("lipschitz", lipschitz)
+    reg = _validate_nonnegative("reg", reg)
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    if kernel is None:
+        pair_constant = ops.full_like(y_pred, lipschitz)
+    else:
+        kernel = ops.cast(_float_tensor(kernel), y_pred.dtype)
+        if len(kernel.shape) != 2 or (
+            kernel.shape[-1] is not None
+            and y_pred.shape[-1] is not None
+            and kernel.shape[-1] != y_pred.shape[-1]
+        ):
+            raise ValueError(
+                "`kernel` must have shape (input_dim, classes) with classes "
+                "equal to the last dimension of `y_pred`. Received: "
+                f"kernel.shape={tuple(kernel.shape)}, "
+                f"y_pred.shape={tuple(y_pred.shape)}"
+            )
+        distances = pairwise_row_distances(kernel)
+        pair_constant = lipschitz * ops.matmul(one_hot, distances)
+    z_true = ops.sum(one_hot * y_pred, axis=-1, keepdims=True)
+    scaled = (y_pred - z_true) / ops.stop_gradient(pair_constant)
+    offsets = epsilon * (1.0 - 2.0 * one_hot)
+    sigma = epsilon / math.log((2.0 - slack) / slack)
+    loss = ops.categorical_crossentropy(
+        one_hot, (scaled + offsets) / sigma, from_logits=True
+    )
+    if reg > 0:
+        loss = loss + reg * ops.square(ops.amax(pair_constant))
+    return loss
+
+
+# --------------------------------------------------------------------------
+# Loss classes.
+# --------------------------------------------------------------------------
+
+
+class _LipschitzLoss(keras.losses.Loss):
+    """Base class: hyper-parameters validated whenever they are set.
+
+    Subclasses list their float hyper-parameters in `_HYPERPARAMETERS`
+    (name → validator); they are stored as plain floats, also in the config.
+    """
+
+    _HYPERPARAMETERS = {}
+
+    def __setattr__(self, name, value):
+        validator = self._HYPERPARAMETERS.get(name)
+        if validator is not None:
+            value = validator(name, value)
+        super().__setattr__(name, value)
+
+    def get_config(self):
+        config = super().get_config()
+        config["dtype"] = self.dtype
+        for name in self._HYPERPARAMETERS:
+            config[name] = getattr(self, name)
+        return config
+
+
+@keras_lipschitz_export
+class KR(_LipschitzLoss):
+    """Kantorovich–Rubinstein estimate of the Wasserstein-1 distance.
+
+    Returns per-sample terms (see `kr`) whose batch mean is
+    $\\mathbb{E}_{y>0}[f] - \\mathbb{E}_{y\\le 0}[f]$: with a 1-Lipschitz
+    $f$ this lower-bounds $W_1(P_+, P_-)$. Like deel-lip's `KR`, the value
+    is the quantity to **maximize**; use it as a metric, or train with
+    `HKR(alpha=0.0)` ($= -$KR). Every batch needs both classes; with
+    `sample_weight` the per-sample terms are weighted, which is not a
+    weighted KR estimate.
+
+    Args:
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = KR()
+    >>> y = np.array([[1], [1], [0], [0]])
+    >>> f = np.array([[2.0], [1.0], [0.0], [-1.0]], "float32")
+    >>> round(float(loss(y, f)), 4)
+    2.0
+    """
+
+    def __init__(self, reduction="sum_over_batch_size", name="kr", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return kr(y_true, y_pred)
+
+
+@keras_lipschitz_export
+class HingeMargin(_LipschitzLoss):
+    """Binary hinge loss $(m/2 - \\operatorname{sign}(y) f)_+$ (deel-lip).
+
+    See `hinge_margin`. `min_margin` $= m$ is twice the margin of the HKR
+    paper.
+
+    Args:
+        min_margin: float > 0.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = HingeMargin(min_margin=1.0)
+    >>> f = np.array([0.2, 0.6], "float32")
+    >>> round(float(loss(np.array([1, -1]), f)), 4)
+    0.7
+    """
+
+    _HYPERPARAMETERS = {"min_margin": _validate_positive}
+
+    def __init__(
+        self,
+        min_margin=1.0,
+        reduction="sum_over_batch_size",
+        name="hinge_margin",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.min_margin = min_margin
+
+    def call(self, y_true, y_pred):
+        return hinge_margin(y_true, y_pred, min_margin=self.min_margin)
+
+
+@keras_lipschitz_export
+class HKR(_LipschitzLoss):
+    """Hinge-regularized Kantorovich–Rubinstein loss (binary).
+
+    $$\\mathcal{L} = \\mathbb{E}_{y\\le 0}[f] - \\mathbb{E}_{y>0}[f] +
+    \\alpha\\,\\mathbb{E}\\big(\\tfrac{m}{2} - \\operatorname{sign}(y)f
+    \\big)_+$$
+
+    Serrurier, Mamalet, González-Sanz, Boissin, Loubes, del Barrio,
+    "Achieving robustness in classification using optimal transport with
+    hinge regularization", CVPR 2021. Follows deel-lip: `min_margin` $= m$
+    is **twice** the paper's margin (the hinge is on $m/2$); `alpha` is an
+    unbounded weight ($\\alpha \\ge 0$; `inf` = hinge only). See `hkr`.
+
+    Args:
+        alpha: float >= 0 or `inf`, weight of the hinge.
+        min_margin: float > 0.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = HKR(alpha=10.0, min_margin=1.0)
+    >>> y = np.array([1, 0])
+    >>> round(float(loss(y, np.array([0.75, -0.25], "float32"))), 4)
+    0.25
+    """
+
+    _HYPERPARAMETERS = {
+        "alpha": _validate_alpha,
+        "min_margin": _validate_positive,
+    }
+
+    def __init__(
+        self,
+        alpha,
+        min_margin=1.0,
+        reduction="sum_over_batch_size",
+        name="hkr",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = alpha
+        self.min_margin = min_margin
+
+    def call(self, y_true, y_pred):
+        return hkr(y_true, y_pred, alpha=self.alpha, min_margin=self.min_margin)
+
+
+@keras_lipschitz_export
+class MulticlassKR(_LipschitzLoss):
+    """One-vs-all KR estimate, averaged over the classes (deel-lip).
+
+    See `multiclass_kr`. The value is to be **maximized**; use it as a
+    metric or train with `MulticlassHKR`.
+
+    Args:
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[1.0, -1.0], [-1.0, 1.0]], "float32")
+    >>> round(float(MulticlassKR()(np.array([0, 1]), z)), 4)
+    2.0
+    """
+
+    def __init__(
+        self,
+        reduction="sum_over_batch_size",
+        name="multiclass_kr",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return multiclass_kr(y_true, y_pred)
+
+
+@keras_lipschitz_export
+class MulticlassHinge(_LipschitzLoss):
+    """One-vs-all hinge loss (deel-lip `MulticlassHinge`).
+
+    $$\\ell = \\frac{1}{C}\\Big[(C-1)\\big(\\tfrac{m}{2} - f_y\\big)_+ +
+    \\sum_{j\\ne y}\\big(\\tfrac{m}{2} + f_j\\big)_+\\Big]$$
+
+    See `multiclass_hinge`.
+
+    Args:
+        min_margin: float > 0, $m$.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[0.25, -1.0, 0.0]], "float32")
+    >>> round(float(MulticlassHinge()(np.array([0]), z)), 4)
+    0.3333
+    """
+
+    _HYPERPARAMETERS = {"min_margin": _validate_positive}
+
+    def __init__(
+        self,
+        min_margin=1.0,
+        reduction="sum_over_batch_size",
+        name="multiclass_hinge",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.min_margin = min_margin
+
+    def call(self, y_true, y_pred):
+        return multiclass_hinge(y_true, y_pred, min_margin=self.min_margin)
+
+
+@keras_lipschitz_export
+class MulticlassHKR(_LipschitzLoss):
+    """Multiclass hinge-regularized KR loss (deel-lip `MulticlassHKR`).
+
+    $$\\mathcal{L} = -\\mathrm{KR}_{\\text{multiclass}} + \\alpha\\,
+    \\ell_{\\text{multiclass hinge}}$$
+
+    Serrurier et al., CVPR 2021, in one-vs-all form. `min_margin` is twice
+    the paper's margin. See `multiclass_hkr`.
+
+    Args:
+        alpha: float >= 0 or `inf`.
+        min_margin: float > 0.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[1.0, -1.0], [-1.0, 1.0]], "float32")
+    >>> round(float(MulticlassHKR()(np.array([0, 1]), z)), 4)
+    -2.0
+    """
+
+    _HYPERPARAMETERS = {
+        "alpha": _validate_alpha,
+        "min_margin": _validate_positive,
+    }
+
+    def __init__(
+        self,
+        alpha=10.0,
+        min_margin=1.0,
+        reduction="sum_over_batch_size",
+        name="multiclass_hkr",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = alpha
+        self.min_margin = min_margin
+
+    def call(self, y_true, y_pred):
+        return multiclass_hkr(
+            y_true, y_pred, alpha=self.alpha, min_margin=self.min_margin
+        )
+
+
+@keras_lipschitz_export
+class TauCategoricalCrossentropy(_LipschitzLoss):
+    """Cross-entropy of $\\tau z$, divided by $\\tau$ (deel-lip).
+
+    $$\\ell = \\mathrm{CE}(\\operatorname{softmax}(\\tau z), y) / \\tau$$
+
+    See `tau_categorical_crossentropy`.
+
+    Args:
+        tau: float > 0, the inverse temperature.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = TauCategoricalCrossentropy(tau=2.0)
+    >>> round(float(loss(np.array([0]), np.zeros((1, 2), "float32"))), 4)
+    0.3466
+    """
+
+    _HYPERPARAMETERS = {"tau": _validate_positive}
+
+    def __init__(
+        self,
+        tau,
+        reduction="sum_over_batch_size",
+        name="tau_categorical_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.tau = tau
+
+    def call(self, y_true, y_pred):
+        return tau_categorical_crossentropy(y_true, y_pred, tau=self.tau)
+
+
+def _is_linear_activation(layer):
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return True
+    return getattr(activation, "__name__", None) == "linear"
+
+
+def _read_kernel(layer):
+    """The kernel `layer` uses, as a tensor read from its current state.
+
+    keras-lipschitz dense layers give their inference-mode constrained
+    kernel (times their `lipschitz`): it has no side effect (no
+    power-iteration update) and is the kernel certificates use. Other layers
+    give `layer.kernel`. Inside `fit` the variables are read through the
+    trainer's state (on JAX the `StatelessScope` of the loss computation),
+    so the value is the current one and gradients flow to it.
+    """
+    if isinstance(layer, _LipschitzDense):
+        return layer._constrained_kernel(training=False)
+    return ops.convert_to_tensor(layer.kernel)
+
+
+@keras_lipschitz_export
+class CLL(_LipschitzLoss):
+    """Calibrated Lipschitz-Margin Loss (Losch et al., GCPR 2023).
+
+    $$\\ell = \\mathrm{CE}\\Big(\\frac{d + \\delta}{\\sigma}, y\\Big) +
+    \\lambda\\,\\big(\\max K\\big)^2,\\quad
+    d_j = \\frac{z_j - z_y}{K_{yj}},\\quad
+    K_{yj} = L\\,\\|w_y - w_j\\|_2,\\quad
+    \\sigma = \\frac{2\\varepsilon}{2\\ln\\frac{2-p}{p}},$$
+
+    with two-sided offsets $\\delta_j = +\\varepsilon$ ($j \\ne y$),
+    $\\delta_y = -\\varepsilon$, and $K$ detached inside the cross-entropy
+    (see `cll` for the details). Losch, Stutz, Schiele, Fritz, "Certified
+    Robust Models with Slack Control and Large Lipschitz Constants", GCPR
+    2023; the defaults are those of the official code's SOC runs on CIFAR-10
+    ($\\varepsilon = 0.25$, $p = 0.05$, $\\lambda = 10^{-3}$).
+
+    **The last layer.** $w_j$ are the output weight vectors of the model's
+    last linear layer. Attach that layer with `kernel_layer=...`,
+    `loss.attach(layer)` or `CLL.for_model(model)`: the loss keeps a
+    reference to the layer and reads its kernel *inside* `call`, through ops,
+    so the value is the current one and the penalty's gradient reaches the
+    kernel in compiled training on every backend (on JAX the trainer
+    computes the loss in a scope that maps the model's variables to the
+    traced state). The layer may be a `keras.layers.Dense` (its `kernel`) or
+    a keras-lipschitz dense layer (its inference-mode constrained kernel,
+    including its `lipschitz` factor, e.g. `FrobeniusDense` with
+    `disjoint_neurons=True`, the LLN layer); it must have no activation.
+    `lipschitz` is then a bound $L$ for the network *before* that layer.
+    Without a layer $K_{yj} = L$ for every pair: `lipschitz` bounds each
+    logit difference $z_y - z_j$.
+
+    Attach the layer before the first `fit` (a compiled step that has
+    already been traced keeps the old behaviour on TF and JAX until it is
+    rebuilt, see the module docstring). The config stores the layer's *name*
+    only: a loss rebuilt from a config (e.g. by `keras.saving.load_model`)
+    raises an error until a layer is attached again with
+    `loss.attach(model.get_layer(name))`.
+
+    Args:
+        epsilon: float > 0, target radius $\\varepsilon$ (also the offset).
+        slack: float in (0, 1), the slack $p$.
+        lipschitz: float > 0, $L$.
+        reg: float >= 0, $\\lambda$.
+        kernel_layer: None, a dense layer, or a layer name (from a config;
+            the layer must then be attached before use).
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    >>> loss = CLL.for_model(model, epsilon=0.25, slack=0.05)
+    >>> loss.kernel_layer is model.layers[-1]
+    True
+    >>> value = loss(np.array([0, 3]), model(np.ones((2, 3), "float32")))
+    >>> bool(value > 0)
+    True
+    """
+
+    _HYPERPARAMETERS = {
+        "epsilon": _validate_positive,
+        "slack": _validate_open_unit,
+        "lipschitz": _validate_positive,
+        "reg": _validate_nonnegative,
+    }
+
+    def __init__(
+        self,
+        epsilon=0.25,
+        slack=0.05,
+        lipschitz=1.0,
+        reg=1e-3,
+        kernel_layer=None,
+        reduction="sum_over_batch_size",
+        name="cll",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.epsilon = epsilon
+        self.slack = slack
+        self.lipschitz = lipschitz
+        self.reg = reg
+        self.kernel_layer = None
+        self.kernel_layer_name = None
+        if isinstance(kernel_layer, str):
+            self.kernel_layer_name = kernel_layer
+        elif kernel_layer is not None:
+            self.attach(kernel_layer)
+
+    def attach(self, layer):
+        """Uses `layer`'s kernel for $K$; returns the loss itself.
+
+        Args:
+            layer: a `keras.layers.Dense`, a keras-lipschitz dense layer, or
+                any layer with a rank-2 `kernel` `(d_in, C)`, without
+                activation.
+
+        Raises:
+            ValueError: if `layer` is not such a layer.
+        """
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(
+                "`kernel_layer` must be a Keras dense layer. "
+                f"Received: kernel_layer={layer!r}"
+            )
+        if not (
+            isinstance(layer, (keras.layers.Dense, _LipschitzDense))
+            or len(getattr(getattr(layer, "kernel", None), "shape", ())) == 2
+        ):
+            raise ValueError(
+                "`kernel_layer` must be a dense layer with a kernel of shape "
+                "(input_dim, classes) (keras.layers.Dense or a "
+                "keras-lipschitz dense layer). Received: "
+                f"kernel_layer={layer.name!r} ({type(layer).__name__})"
+            )
+        if not _is_linear_activation(layer):
+            raise ValueError(
+                "`kernel_layer` must have no activation (its outputs are the "
+                f"logits). Received: kernel_layer={layer.name!r} with "
+                f"activation={layer.activation.__name__!r}"
+            )
+        self.kernel_layer = layer
+        self.kernel_layer_name = layer.name
+        return self
+
+    @classmethod
+    def for_model(cls, model, **kwargs):
+        """A `CLL` attached to `model`'s last layer.
+
+        Args:
+            model: a Keras model whose last layer (`model.layers[-1]`) is
+                the linear output layer.
+            **kwargs: the other `CLL` arguments.
+
+        Raises:
+            ValueError: if the last layer is not a dense layer without
+                activation.
+        """
+        if not model.layers:
+            raise ValueError("`model` has no layers.")
+        return cls(kernel_layer=model.layers[-1], **kwargs)
+
+    def kernel(self):
+        """The attached layer's current kernel `(d_in, C)`, or None."""
+        if self.kernel_layer is None:
+            if self.kernel_layer_name is not None:
+                raise ValueError(
+                    f"This CLL loss was configured with kernel_layer="
+                    f"{self.kernel_layer_name!r} but no layer is attached "
+                    "(a layer reference cannot be serialized). Call "
+                    f"`loss.attach(model.get_layer("
+                    f"{self.kernel_layer_name!r}))` before using it."
+                )
+            return None
+        if not self.kernel_layer.built:
+            raise ValueError(
+                f"`kernel_layer` {self.kernel_layer.name!r} is not built: "
+                "call the model once before computing the loss."
+            )
+        return _read_kernel(self.kernel_layer)
+
+    def call(self, y_true, y_pred):
+        return cll(
+            y_true,
+            y_pred,
+            epsilon=self.epsilon,
+            slack=self.slack,
+            lipschitz=self.lipschitz,
+            reg=self.reg,
+            kernel=self.kernel(),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_layer"] = self.kernel_layer_name
+        return config
