@@ -103,11 +103,10 @@ def test_conv_transpose_is_exact_adjoint(k, s):
 # ----------------------------------------------------- SpectralConv2D norm
 # (kernel, strides, padding, input size, c_in, lipschitz)
 SPECTRAL_CASES = [
-    (2, 1, "same", 7, 3, 1.0),
+    (2, 1, "same", 6, 3, 1.0),  # even kernel: asymmetric zero padding
     (3, 1, "same", 8, 2, 1.0),
     (3, 2, "same", 9, 3, 1.0),
     (4, 2, "valid", 8, 3, 1.0),
-    (4, 1, "same", 6, 3, 1.0),
     (5, 1, "valid", 9, 2, 2.0),
 ]
 

@@ -39,11 +39,6 @@ INITIAL_POWER_ITERATIONS = 100
 # (SpectralConv2D, on the conv operator).
 INITIAL_LANCZOS_CYCLES = 2
 
-# Floor on squared norms in the Lanczos normalization (float32-safe).
-_TINY = 1e-30
-# Relative residual below which a Lanczos step is a breakdown (float32
-# rounding of the projections is ~1e-7 relative).
-_BREAKDOWN = 1e-4
 
 
 class _LipschitzConv2D(keras.layers.Layer):
@@ -324,94 +319,6 @@ class _LipschitzConv2D(keras.layers.Layer):
         return config
 
 
-def _lanczos_top_vector(apply_gram, u, steps):
-    """Approximate top eigenvector of a PSD operator by Lanczos (no state).
-
-    Lanczos with full reorthogonalization (Golub & Van Loan, *Matrix
-    Computations*, §10.1): the Krylov basis $q_0 = u/\\|u\\|$,
-    $q_{j+1} = w_j/\\beta_j$ with $w_j = Bq_j$ orthogonalized against all
-    previous vectors (classical Gram-Schmidt, twice),
-    $\\alpha_j = q_j^TBq_j$ and $\\beta_j = \\|w_j\\|$. The top
-    eigenvector $y$ of the tridiagonal $T = Q^TBQ$ (`ops.eigh` of a
-    `steps x steps` matrix) gives the Ritz vector $x = Q^Ty$, returned
-    normalized with `u`'s shape.
-
-    The Krylov space contains the power-iteration iterates
-    $u, Bu, \\dots, B^{steps-1}u$, so the Rayleigh quotient $x^TBx$ is at
-    least that of `steps - 1` power-iteration steps from `u`, and it
-    converges much faster when the top of the spectrum is clustered, which
-    is typical of convolutions (error roughly squared compared with power
-    iteration for the same number of operator applications). Whatever the
-    rounding, the caller computes $\\hat\\sigma = \\|Ax\\|$ for a unit
-    $x$, which is never above $\\|A\\|$.
-
-    Memory: `steps` vectors of `u`'s size.
-
-    Args:
-        apply_gram: function mapping a tensor of `u`'s shape to $B$ applied
-            to it ($B = A^TA$).
-        u: float32 tensor, the start vector (gradient already stopped).
-        steps: Python int >= 1, the number of applications of $B$.
-
-    Returns:
-        A float32 tensor of `u`'s shape with unit norm.
-    """
-    shape = tuple(u.shape)
-    size = int(np.prod(shape))
-    steps = max(1, min(steps, size))
-    # Fixed-shape buffers (rows filled one by one through constant one-hot
-    # columns) so that every step runs the same ops on the same shapes:
-    # eager JAX would otherwise compile new kernels at every step.
-    eye = np.eye(steps, dtype="float32")
-    rows = eye[:, :, None]
-    diagonal = eye[:, :, None] * eye[:, None, :]
-    off_diagonal = np.zeros((max(steps - 1, 1), steps, steps), "float32")
-    for j in range(steps - 1):
-        off_diagonal[j, j, j + 1] = off_diagonal[j, j + 1, j] = 1.0
-    basis = ops.zeros((steps, size), dtype="float32")
-    alphas = []
-    betas = []
-    q = ops.reshape(normalizers.l2_normalize(u), (1, size))
-    for j in range(steps):
-        basis = basis + ops.convert_to_tensor(rows[j]) * q
-        w = ops.reshape(apply_gram(ops.reshape(q, shape)), (1, size))
-        alphas.append(ops.sum(q * w))
-        if j == steps - 1:
-            break
-        scale = ops.sqrt(ops.sum(ops.square(w)))
-        # Unfilled rows are zero and do not contribute.
-        for _ in range(2):
-            coefficients = ops.matmul(w, ops.transpose(basis))
-            w = w - ops.matmul(coefficients, basis)
-        # Breakdown: when the residual is at the level of the rounding of
-        # the projections, the Krylov space is (numerically) invariant, its
-        # Ritz vectors are already exact, and the residual's direction is
-        # noise inside the span of the basis: normalizing it would break the
-        # orthonormality that the projected problem relies on. From then on
-        # the new vectors are zero, which only adds zero rows and columns
-        # to T. (No `l2_normalize` floor either: a real residual of norm
-        # 1e-6 must still become a unit vector.)
-        norm_sq = ops.sum(ops.square(w))
-        norm = ops.sqrt(norm_sq)
-        keep = ops.cast(
-            ops.greater(norm, _BREAKDOWN * scale + _TINY), "float32"
-        )
-        betas.append(keep * norm)
-        q = keep * w * ops.rsqrt(ops.maximum(norm_sq, _TINY))
-    tridiagonal = ops.sum(
-        ops.reshape(ops.stack(alphas), (steps, 1, 1)) * diagonal, axis=0
-    )
-    if betas:
-        tridiagonal = tridiagonal + ops.sum(
-            ops.reshape(ops.stack(betas), (steps - 1, 1, 1)) * off_diagonal,
-            axis=0,
-        )
-    _, vectors = ops.eigh(tridiagonal)
-    top = ops.reshape(vectors[:, steps - 1], (1, steps))
-    x = ops.matmul(top, basis)
-    return ops.reshape(normalizers.l2_normalize(x), shape)
-
-
 def _reshaped_kernel_bound(kernel, strides):
     """$\\sqrt{\\nu}\\,\\|R\\|_2$ (exact SVD): sound for any size (§5)."""
     k_h, k_w, c_in, c_out = kernel.shape
@@ -626,7 +533,7 @@ class SpectralConv2D(_LipschitzConv2D):
 
     def _lanczos(self, kernel, u, steps):
         kernel = ops.stop_gradient(kernel)
-        return _lanczos_top_vector(
+        return normalizers.lanczos_top_vector(
             lambda x: self._adjoint(self._forward(x, kernel), kernel),
             ops.stop_gradient(u),
             steps,
