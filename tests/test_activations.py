@@ -388,3 +388,17 @@ def test_mixed_float16():
     # Householder's theta is read in float32 too (autocast=False).
     theta = layer.theta.value
     assert keras.backend.standardize_dtype(theta.dtype) == "float32"
+
+
+def test_group_sort2_with_unknown_spatial_sizes():
+    inputs = keras.Input((None, None, 4))
+    model = keras.Model(inputs, GroupSort2()(inputs))
+    x = random_input((2, 3, 5, 4))
+    np.testing.assert_allclose(
+        helpers.to_numpy(model(x)),
+        np_group_sort(x, 2, -1),
+        rtol=0,
+        atol=2 * np.finfo(np.float32).eps * np.max(np.abs(x)),
+    )
+    model.compile(loss="mse", jit_compile=keras.config.backend() != "torch")
+    model.fit(x, x, verbose=0)
