@@ -30,6 +30,7 @@ from keras import ops
 from keras_lipschitz import bounds
 from keras_lipschitz import normalizers
 from keras_lipschitz.api_export import keras_lipschitz_export
+from keras_lipschitz.layers import _kernel_arguments
 from keras_lipschitz.layers import _validation
 
 # Power iterations run at build so that the stored vector starts converged
@@ -82,19 +83,18 @@ class _LipschitzConv2D(keras.layers.Layer):
             "padding", padding, {"same", "valid"}
         )
         self.data_format = _validation.validate_data_format(data_format)
-        self.lipschitz = _validation.validate_positive_number(
-            "lipschitz", lipschitz
+        _kernel_arguments.set_kernel_arguments(
+            self,
+            lipschitz,
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
         )
-        self.activation, self._activation_lipschitz = (
-            _validation.validate_activation(activation)
-        )
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
         self.power_iterations = _validation.validate_positive_int(
             "power_iterations", power_iterations
         )
@@ -292,30 +292,10 @@ class _LipschitzConv2D(keras.layers.Layer):
                 "strides": self.strides,
                 "padding": self.padding,
                 "data_format": self.data_format,
-                "lipschitz": self.lipschitz,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-                "bias_regularizer": keras.regularizers.serialize(
-                    self.bias_regularizer
-                ),
-                "kernel_constraint": keras.constraints.serialize(
-                    self.kernel_constraint
-                ),
-                "bias_constraint": keras.constraints.serialize(
-                    self.bias_constraint
-                ),
                 "power_iterations": self.power_iterations,
             }
         )
+        config.update(_kernel_arguments.kernel_arguments_config(self))
         return config
 
 

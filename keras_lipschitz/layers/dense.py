@@ -13,6 +13,7 @@ from keras import ops
 from keras_lipschitz import bounds
 from keras_lipschitz import normalizers
 from keras_lipschitz.api_export import keras_lipschitz_export
+from keras_lipschitz.layers import _kernel_arguments
 from keras_lipschitz.layers import _validation
 
 # Power iterations run at build so that the stored vector starts converged.
@@ -42,19 +43,18 @@ class _LipschitzDense(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.units = _validation.validate_positive_int("units", units)
-        self.lipschitz = _validation.validate_positive_number(
-            "lipschitz", lipschitz
+        _kernel_arguments.set_kernel_arguments(
+            self,
+            lipschitz,
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
         )
-        self.activation, self._activation_lipschitz = (
-            _validation.validate_activation(activation)
-        )
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
 
@@ -134,32 +134,8 @@ class _LipschitzDense(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "units": self.units,
-                "lipschitz": self.lipschitz,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    self.kernel_regularizer
-                ),
-                "bias_regularizer": keras.regularizers.serialize(
-                    self.bias_regularizer
-                ),
-                "kernel_constraint": keras.constraints.serialize(
-                    self.kernel_constraint
-                ),
-                "bias_constraint": keras.constraints.serialize(
-                    self.bias_constraint
-                ),
-            }
-        )
+        config["units"] = self.units
+        config.update(_kernel_arguments.kernel_arguments_config(self))
         return config
 
 

@@ -1,0 +1,57 @@
+"""Arguments shared by every layer with a kernel (dense and conv).
+
+One place resolves, validates and serializes `lipschitz`, `activation`,
+`use_bias` and the kernel/bias initializers, regularizers and constraints,
+so that the layers accept exactly the same arguments as `keras.layers.Dense`
+and `keras.layers.Conv2D` and round-trip them identically.
+"""
+
+import keras
+
+from keras_lipschitz.layers import _validation
+
+
+def set_kernel_arguments(
+    layer,
+    lipschitz,
+    activation,
+    use_bias,
+    kernel_initializer,
+    bias_initializer,
+    kernel_regularizer,
+    bias_regularizer,
+    kernel_constraint,
+    bias_constraint,
+):
+    """Validates and stores the shared arguments on `layer`."""
+    layer.lipschitz = _validation.validate_positive_number(
+        "lipschitz", lipschitz
+    )
+    layer.activation, layer._activation_lipschitz = (
+        _validation.validate_activation(activation)
+    )
+    layer.use_bias = bool(use_bias)
+    layer.kernel_initializer = keras.initializers.get(kernel_initializer)
+    layer.bias_initializer = keras.initializers.get(bias_initializer)
+    layer.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    layer.bias_regularizer = keras.regularizers.get(bias_regularizer)
+    layer.kernel_constraint = keras.constraints.get(kernel_constraint)
+    layer.bias_constraint = keras.constraints.get(bias_constraint)
+
+
+def kernel_arguments_config(layer):
+    """The shared arguments of `layer`, serialized for `get_config`."""
+    config = {
+        "lipschitz": layer.lipschitz,
+        "activation": keras.activations.serialize(layer.activation),
+        "use_bias": layer.use_bias,
+    }
+    for kind, module in (
+        ("initializer", keras.initializers),
+        ("regularizer", keras.regularizers),
+        ("constraint", keras.constraints),
+    ):
+        for weight in ("kernel", "bias"):
+            name = f"{weight}_{kind}"
+            config[name] = module.serialize(getattr(layer, name))
+    return config
