@@ -244,7 +244,7 @@ class SpectralDense(_PowerIterationDense):
     >>> import numpy as np
     >>> layer = SpectralDense(4)
     >>> y = layer(np.ones((2, 3), "float32"))
-    >>> y.shape
+    >>> tuple(y.shape)
     (2, 4)
     >>> layer.lipschitz_upper_bound() <= 1.0 + 1e-4
     True
