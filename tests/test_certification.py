@@ -137,7 +137,7 @@ def _gradient_norms(model, x, num_directions=8, seed=0):
     norms = []
     for _ in range(num_directions):
         u = rng.normal(size=(out_dim,))
-        u = (u / np.linalg.norm(u)).astype("float32")
+        u = keras.ops.convert_to_tensor((u / np.linalg.norm(u)), "float32")
 
         def projection(v):
             out = keras.ops.reshape(model(v, training=False), (-1, out_dim))
