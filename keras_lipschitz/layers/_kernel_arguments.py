@@ -55,3 +55,29 @@ def kernel_arguments_config(layer):
             name = f"{weight}_{kind}"
             config[name] = module.serialize(getattr(layer, name))
     return config
+
+
+def add_kernel_and_bias(layer, kernel_shape):
+    """Creates `layer.kernel` (float32, raw) and `layer.bias` (or None).
+
+    The raw kernel is kept in float32 under mixed precision
+    (`autocast=False`) so the normalization maths never runs in float16.
+    The bias has one entry per output, the kernel's last dimension.
+    """
+    layer.kernel = layer.add_weight(
+        name="kernel",
+        shape=tuple(kernel_shape),
+        initializer=layer.kernel_initializer,
+        regularizer=layer.kernel_regularizer,
+        constraint=layer.kernel_constraint,
+        autocast=False,
+    )
+    layer.bias = None
+    if layer.use_bias:
+        layer.bias = layer.add_weight(
+            name="bias",
+            shape=(kernel_shape[-1],),
+            initializer=layer.bias_initializer,
+            regularizer=layer.bias_regularizer,
+            constraint=layer.bias_constraint,
+        )

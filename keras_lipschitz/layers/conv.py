@@ -147,26 +147,9 @@ class _LipschitzConv2D(keras.layers.Layer):
                         f"Received: input_shape={input_shape}"
                     )
         self.built_spatial_shape = spatial
-        # Raw kernel kept in float32 under mixed precision (autocast=False)
-        # so the normalization maths never runs in float16.
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=self.kernel_size + (channels, self.filters),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-            autocast=False,
+        _kernel_arguments.add_kernel_and_bias(
+            self, self.kernel_size + (channels, self.filters)
         )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
         self._build_state(input_shape)
         self.input_spec = keras.layers.InputSpec(
             ndim=4, axes={self._channel_axis: channels}

@@ -65,26 +65,9 @@ class _LipschitzDense(keras.layers.Layer):
                 f"{type(self).__name__} needs a known last input dimension. "
                 f"Received: input_shape={input_shape}"
             )
-        # Raw kernel kept in float32 under mixed precision (autocast=False)
-        # so the normalization maths never runs in float16.
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(input_dim, self.units),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-            autocast=False,
+        _kernel_arguments.add_kernel_and_bias(
+            self, (input_dim, self.units)
         )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
         self._build_state(input_dim)
         self.input_spec = keras.layers.InputSpec(
             min_ndim=2, axes={-1: input_dim}
