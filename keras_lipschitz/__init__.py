@@ -10,6 +10,7 @@ from keras_lipschitz import callbacks
 from keras_lipschitz import layers
 from keras_lipschitz import losses
 from keras_lipschitz import metrics
+from keras_lipschitz import models
 from keras_lipschitz import normalizers
 from keras_lipschitz.certification import certified_accuracy
 from keras_lipschitz.certification import certify
@@ -28,6 +29,7 @@ __all__ = [
     "layers",
     "losses",
     "metrics",
+    "models",
     "normalizers",
     "vanilla_export",
 ]

@@ -1,0 +1,3 @@
+"""Model builders of the papers' architectures."""
+
+__all__ = []
