@@ -279,6 +279,28 @@ def _labels_to_indices(y, num_classes):
     return y.astype(np.int64)
 
 
+def _certify_binary(model, scores, y):
+    """Radii `sign(y) f / L` of a single-output (binary) model."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.shape[0] != scores.shape[0]:
+        raise ValueError(
+            "For a model with a single output, `y` must be binary labels of "
+            f"shape ({scores.shape[0]},) or ({scores.shape[0]}, 1). "
+            f"Received: shape {y.shape}"
+        )
+    if not np.all(np.isin(y, (-1, 0, 1))):
+        raise ValueError(
+            "For a model with a single output, `y` must hold binary labels "
+            f"in {{0, 1}} or {{-1, +1}}. Received values: "
+            f"{np.unique(y)[:10].tolist()}"
+        )
+    sign = np.where(y > 0, 1.0, -1.0)
+    radius = sign * scores / lipschitz_bound(model)
+    return np.where(np.isfinite(radius) & (radius > 0), radius, 0.0)
+
+
 def certify(model, x, y, norm="l2", batch_size=256):
     """Per-example certified ℓ2 radii, 0 where the prediction is wrong.
 
@@ -295,10 +317,24 @@ def certify(model, x, y, norm="l2", batch_size=256):
     whose logits are not finite, or that is misclassified, gets radius 0.
     Logits are computed in inference mode and the certificate in float64.
 
+    A model with a single output $f$ (shape `(N,)` or `(N, 1)`, as trained
+    with `keras_lipschitz.losses.HKR`) is a binary classifier predicting
+    the positive class iff $f(x) > 0$; its radius is
+    $r = \\operatorname{sign}(y) f(x) / L$, i.e. $|f(x)|/L$ for a correct
+    prediction, with $L$ = `lipschitz_bound(model)` (no $\\sqrt2$: a single
+    score, not a difference of two logits). Labels are then in $\\{0, 1\\}$
+    or $\\{-1, +1\\}$, positive iff $y > 0$ (as in the losses); $f(x) = 0$
+    is not certified.
+
+    A model whose output layer is a `keras_lipschitz.layers.CRCLipHead` is
+    certified with that head's curvature certificate (see
+    `keras_lipschitz.curvature.certify_curvature_head`).
+
     Args:
         model: a built single-input, single-output `keras.Model`.
         x: inputs, array-like.
-        y: integer labels `(N,)`/`(N, 1)` or one-hot `(N, C)`.
+        y: integer labels `(N,)`/`(N, 1)` or one-hot `(N, C)`; binary labels
+            `(N,)`/`(N, 1)` for a single-output model.
         norm: `"l2"`.
         batch_size: batch size of the forward passes.
 
@@ -309,13 +345,20 @@ def certify(model, x, y, norm="l2", batch_size=256):
         raise ValueError(
             f"`norm` must be 'l2' for certify(). Received: norm={norm!r}"
         )
+    # A CRC-Lip head has its own (curvature) certificate.
+    from keras_lipschitz import curvature
+
+    if norm == "l2" and curvature.ends_with_curvature_head(model):
+        return curvature.certify_curvature_head(model, x, y, batch_size)
     logits = np.asarray(
         model.predict(x, batch_size=batch_size, verbose=0), np.float64
     )
-    if logits.ndim != 2 or logits.shape[1] < 2:
+    if logits.ndim == 1 or (logits.ndim == 2 and logits.shape[1] == 1):
+        return _certify_binary(model, logits.reshape(-1), y)
+    if logits.ndim != 2:
         raise ValueError(
-            "`model` must output logits of shape (N, C) with C >= 2. "
-            f"Received: {logits.shape}"
+            "`model` must output logits of shape (N, C) with C >= 2, or "
+            f"binary scores of shape (N,) or (N, 1). Received: {logits.shape}"
         )
     n, num_classes = logits.shape
     labels = _labels_to_indices(y, num_classes)
@@ -333,7 +376,10 @@ def certify(model, x, y, norm="l2", batch_size=256):
         diff = kernel.T[:, None, :] - kernel.T[None, :, :]
         pair = body * np.linalg.norm(diff, axis=-1)[labels]  # (N, C)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = np.where(pair > 0, gaps / pair, np.inf)
+            # pair == 0: z_y - z_j is constant, safe only if positive.
+            ratios = np.where(
+                pair > 0, gaps / pair, np.where(gaps > 0, np.inf, 0.0)
+            )
     else:
         bound = lipschitz_bound(model)
         ratios = gaps / (math.sqrt(2.0) * bound)
