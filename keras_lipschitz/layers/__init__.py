@@ -9,25 +9,33 @@ from keras_lipschitz.layers.conv import SpectralConv2D
 from keras_lipschitz.layers.dense import BjorckDense
 from keras_lipschitz.layers.dense import FrobeniusDense
 from keras_lipschitz.layers.dense import SpectralDense
+from keras_lipschitz.layers.heads import CRCLipHead
 from keras_lipschitz.layers.pooling import InvertibleDownSampling
+from keras_lipschitz.layers.pooling import LipPool
 from keras_lipschitz.layers.pooling import ScaledAveragePooling2D
 from keras_lipschitz.layers.pooling import ScaledGlobalAveragePooling2D
 from keras_lipschitz.layers.pooling import ScaledGlobalL2NormPooling2D
 from keras_lipschitz.layers.pooling import ScaledL2NormPooling2D
+from keras_lipschitz.layers.soc import SOCConv2D
+from keras_lipschitz.layers.soc import SOCDense
 
 __all__ = [
     "BjorckConv2D",
     "BjorckDense",
+    "CRCLipHead",
     "FrobeniusDense",
     "FullSort",
     "GroupSort",
     "GroupSort2",
     "Householder",
     "InvertibleDownSampling",
+    "LipPool",
     "ScaledAveragePooling2D",
     "ScaledGlobalAveragePooling2D",
     "ScaledGlobalL2NormPooling2D",
     "ScaledL2NormPooling2D",
+    "SOCConv2D",
+    "SOCDense",
     "SpectralConv2D",
     "SpectralDense",
 ]
