@@ -182,7 +182,7 @@ def _tensor_bound(tensor, cache):
     return result
 
 
-def lipschitz_bound(model):
+def lipschitz_bound(model, method="product"):
     """Guaranteed upper bound on a model's ℓ2 Lipschitz constant.
 
     The bound composes exact or guaranteed per-layer bounds over the model's
@@ -193,9 +193,18 @@ def lipschitz_bound(model):
     convolutions); plain `Dense` and `Conv2D` contribute the same exact
     norms of their kernels. It never returns a power-iteration estimate.
 
+    With `method="liplt"` the bound is the LipLT recursion of Fazlyab et al.
+    (NeurIPS 2023) for feed-forward models of linear layers and monotone
+    slope-restricted activations, with exact norms of the layer products
+    (`keras_lipschitz.liplt.liplt_lipschitz_bound`), capped by the product
+    bound: never larger, often much smaller for unconstrained networks.
+
     Args:
         model: a built Sequential or functional `keras.Model` with a single
             input and a single output.
+        method: `"product"` (layer-wise composition, any supported graph) or
+            `"liplt"` (feed-forward chains only; raises `ValueError` naming
+            the first unsupported layer).
 
     Returns:
         A Python float $L$ with
@@ -214,7 +223,18 @@ def lipschitz_bound(model):
     >>> lipschitz_bound(model) <= 1.0 + 1e-6
     True
     """
+    if method not in ("product", "liplt"):
+        raise ValueError(
+            "`method` must be 'product' or 'liplt'. "
+            f"Received: method={method!r}"
+        )
     outputs = _single(model, "outputs")
+    if method == "liplt":
+        from keras_lipschitz import liplt
+
+        return min(
+            liplt.liplt_lipschitz_bound(model), _tensor_bound(outputs, {})
+        )
     return _tensor_bound(outputs, {})
 
 
@@ -301,7 +321,7 @@ def _certify_binary(model, scores, y):
     return np.where(np.isfinite(radius) & (radius > 0), radius, 0.0)
 
 
-def certify(model, x, y, norm="l2", batch_size=256):
+def certify(model, x, y, norm="l2", batch_size=256, method="auto"):
     """Per-example certified ℓ2 radii, 0 where the prediction is wrong.
 
     With logits $z$, label $y$ and a guaranteed bound $L$ on the model's
@@ -335,15 +355,38 @@ def certify(model, x, y, norm="l2", batch_size=256):
         x: inputs, array-like.
         y: integer labels `(N,)`/`(N, 1)` or one-hot `(N, C)`; binary labels
             `(N,)`/`(N, 1)` for a single-output model.
-        norm: `"l2"`.
+        norm: `"l2"`, or `"linf"` for ℓ∞ radii of ℓ∞-distance nets and
+            SortNets (see `keras_lipschitz.linf_certification.certify_linf`).
         batch_size: batch size of the forward passes.
+        method: ℓ2 bounds of multiclass models. `"product"`: the layer-wise
+            bound (pairwise through the last linear layer, as above);
+            `"liplt"`: the pairwise LipLT constants $L_{yj}$ of Fazlyab et
+            al. (NeurIPS 2023), $r = \min_{j\ne y}(z_y - z_j)/L_{yj}$,
+            with exact product norms
+            (`keras_lipschitz.liplt.liplt_pairwise_bounds`; feed-forward
+            models only, else `ValueError`); `"auto"` (default): for each
+            pair the smaller of the two bounds when LipLT applies to the
+            model, else `"product"`. All are guaranteed.
 
     Returns:
         NumPy float64 array of shape `(N,)`.
     """
+    if method not in ("auto", "product", "liplt"):
+        raise ValueError(
+            "`method` must be 'auto', 'product' or 'liplt'. "
+            f"Received: method={method!r}"
+        )
+    if norm == "linf":
+        # ℓ∞-distance nets and SortNet: margin / 2 or IBP through an MLP head.
+        from keras_lipschitz import linf_certification
+
+        return linf_certification.certify_linf(
+            model, x, y, batch_size=batch_size
+        )
     if norm != "l2":
         raise ValueError(
-            f"`norm` must be 'l2' for certify(). Received: norm={norm!r}"
+            "`norm` must be 'l2' or 'linf' for certify(). "
+            f"Received: norm={norm!r}"
         )
     # A CRC-Lip head has its own (curvature) certificate.
     from keras_lipschitz import curvature
@@ -383,6 +426,10 @@ def certify(model, x, y, norm="l2", batch_size=256):
     else:
         bound = lipschitz_bound(model)
         ratios = gaps / (math.sqrt(2.0) * bound)
+    if method != "product":
+        from keras_lipschitz import liplt
+
+        ratios = liplt.tighten_ratios(model, gaps, labels, ratios, method)
     ratios[np.arange(n), labels] = np.inf
     radius = np.min(ratios, axis=1)
     finite = np.all(np.isfinite(logits), axis=1)
@@ -390,7 +437,9 @@ def certify(model, x, y, norm="l2", batch_size=256):
     return np.where(np.isfinite(radius), radius, 0.0)
 
 
-def certified_accuracy(model, x, y, epsilons, norm="l2", batch_size=256):
+def certified_accuracy(
+    model, x, y, epsilons, norm="l2", batch_size=256, method="auto"
+):
     """Fraction of examples certified at each radius in `epsilons`.
 
     A point counts at $\\varepsilon$ iff it is correctly classified and its
@@ -398,7 +447,7 @@ def certified_accuracy(model, x, y, epsilons, norm="l2", batch_size=256):
     $\\varepsilon$.
 
     Args:
-        model, x, y, norm, batch_size: as in `certify`.
+        model, x, y, norm, batch_size, method: as in `certify`.
         epsilons: a number or a sequence of numbers >= 0.
 
     Returns:
@@ -409,5 +458,7 @@ def certified_accuracy(model, x, y, epsilons, norm="l2", batch_size=256):
         raise ValueError(
             f"`epsilons` must be finite and >= 0. Received: {epsilons!r}"
         )
-    radius = certify(model, x, y, norm=norm, batch_size=batch_size)
+    radius = certify(
+        model, x, y, norm=norm, batch_size=batch_size, method=method
+    )
     return np.array([np.mean(radius > e) for e in eps])
