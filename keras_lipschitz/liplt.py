@@ -605,15 +605,15 @@ class _HostNetwork:
             self._matrices[key] = _op_matrix(op, param)
         return self._matrices[key]
 
-    def products(self):
-        """`P[j][k]`, guaranteed bounds on $\\|W_k\\cdots W_j\\|$."""
-        n = self.net.depth
+    def products(self, n=None):
+        """`P[j][k]`, guaranteed bounds on $\\|W_k\\cdots W_j\\|$, k < n."""
+        n = self.net.depth if n is None else n
         table = [[None] * n for _ in range(n)]
         for span in range(n):
             for j in range(n - span):
                 k = j + span
                 best = self._explicit_product(j, k)
-                if span == 0:
+                if span == 0 and best is None:
                     layerwise = 1.0
                     for op, param in self._block_ops(j, j):
                         layerwise *= _op_norm_bound(op, param)
@@ -695,8 +695,7 @@ def liplt_pairwise_bounds(model):
     host = _HostNetwork(network)
     a, b = network.coefficients()
     n = network.depth
-    products = host.products()
-    m = _recursion([row[: n - 1] for row in products[: n - 1]], a, b)
+    m = _recursion(host.products(n - 1), a, b)
     num_classes = network.output_shape[0]
     pairs = _pairs(num_classes)
     result = np.zeros((num_classes, num_classes))
