@@ -370,10 +370,11 @@ def certify_curvature_head(model, x, y, batch_size=256, certificate=None):
         )
     head, feature_tensor = found
     certificate = certificate or head.certificate
-    if feature_tensor is model.inputs[0]:
+    if feature_tensor is certification._single(model, "inputs"):
         features = np.asarray(x, np.float64)
     else:
-        feature_model = keras.Model(model.inputs, feature_tensor)
+        inputs = certification._single(model, "inputs")
+        feature_model = keras.Model(inputs, feature_tensor)
         features = np.asarray(
             feature_model.predict(x, batch_size=batch_size, verbose=0),
             np.float64,
