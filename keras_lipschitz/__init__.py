@@ -8,6 +8,7 @@ from keras_lipschitz import attacks
 from keras_lipschitz import bounds
 from keras_lipschitz import callbacks
 from keras_lipschitz import layers
+from keras_lipschitz import liplt
 from keras_lipschitz import losses
 from keras_lipschitz import metrics
 from keras_lipschitz import models
@@ -15,6 +16,7 @@ from keras_lipschitz import normalizers
 from keras_lipschitz.certification import certified_accuracy
 from keras_lipschitz.certification import certify
 from keras_lipschitz.certification import lipschitz_bound
+from keras_lipschitz.empirical import empirical_lipschitz
 from keras_lipschitz.export import vanilla_export
 from keras_lipschitz.version import __version__
 
@@ -25,8 +27,10 @@ __all__ = [
     "callbacks",
     "certified_accuracy",
     "certify",
+    "empirical_lipschitz",
     "lipschitz_bound",
     "layers",
+    "liplt",
     "losses",
     "metrics",
     "models",
