@@ -42,3 +42,50 @@ def value_and_input_gradient(fn, x):
         f"Input gradients are not supported on backend {backend!r}; "
         "use tensorflow, jax or torch."
     )
+
+
+def cross_replica_sum(x):
+    """Sums `x` over the data-parallel replicas that share one global batch.
+
+    Batch statistics (the class counts of the KR losses) must be those of
+    the *global* batch when the batch is split across replicas:
+
+    - TensorFlow, inside a `tf.distribute` replica context with more than
+      one replica (`MirroredStrategy`, `MultiWorkerMirroredStrategy`,
+      `TPUStrategy`, as used by `fit`): an all-reduce over the replicas.
+    - torch, when a `torch.distributed` process group with more than one
+      rank is initialized (DDP): an all-reduce over the ranks. It is a
+      collective: every rank must compute the loss.
+    - JAX: `keras.distribution` runs one program on global (sharded)
+      arrays, so a sum over the batch axis is already global.
+
+    Args:
+        x: a tensor computed from the local slice of the batch; no gradient
+            flows through the reduction (use it for label statistics).
+
+    Returns:
+        The sum of `x` over the replicas (`x` itself without replicas).
+    """
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy() and (
+            not tf.distribute.in_cross_replica_context()
+        ):
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+        return x
+    if backend == "torch":
+        import torch.distributed as dist
+
+        if (
+            dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
+            x = x.detach().clone()
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+    return x
