@@ -49,6 +49,11 @@ Usage:
     python benchmarks/mnist_deel_tutorial.py --backends jax --repeats 5
     python benchmarks/mnist_deel_tutorial.py --epoch-samples 10240  # quick
     python benchmarks/mnist_deel_tutorial.py --data ../shared/data/mnist.npz
+    python benchmarks/mnist_deel_tutorial.py --quick --json rows.json
+
+`--json PATH` writes the rows of the benchmark-suite convention
+(benchmarks/run_all.py); `--raw-json PATH` writes the full per-backend
+measurements.
 
 Data is synthetic by default (uniform pixels, random labels): the timing
 of one epoch does not depend on the pixel values.
@@ -68,6 +73,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(REPO_ROOT, "keras_lipschitz")):
     sys.path.insert(0, REPO_ROOT)
 RESULT_TAG = "BENCHMARK_RESULT_JSON:"
+# --quick: samples per timed epoch, repeats, inference samples.
+QUICK_SETTINGS = (5120, 2, 2048)
+BENCHMARK_NAME = "mnist_deel_tutorial"
 
 
 def parse_args(argv=None):
@@ -130,10 +138,29 @@ def parse_args(argv=None):
     parser.add_argument(
         "--json",
         default=None,
-        help="also write all results to this JSON file",
+        help="write the results as benchmark-suite rows (see "
+        "benchmarks/README.md) to this JSON file",
+    )
+    parser.add_argument(
+        "--raw-json",
+        default=None,
+        help="write the full per-backend measurements to this JSON file",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: %d samples per epoch, %d repeats, %d inference "
+        "samples (options given explicitly win)" % QUICK_SETTINGS,
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in zip(
+            ("epoch_samples", "repeats", "inference_samples"), QUICK_SETTINGS
+        ):
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    return args
 
 
 # --------------------------------------------------------------------------
@@ -379,8 +406,8 @@ def run_parent(args, argv):
     unknown = [b for b in backends if b not in ALL_BACKENDS]
     if unknown:
         raise SystemExit(f"Unknown backend(s): {unknown}")
-    # Only the parent writes the JSON file.
-    child_argv = _drop_option(argv, "--json")
+    # Only the parent writes the JSON files.
+    child_argv = _drop_option(_drop_option(argv, "--json"), "--raw-json")
     results = []
     for backend in backends:
         env = dict(os.environ, KERAS_BACKEND=backend)
@@ -418,9 +445,12 @@ def run_parent(args, argv):
     if any("predict_plain_samples_per_s" in r for r in results):
         print()
         print(inference_table(results))
+    if args.raw_json:
+        with open(args.raw_json, "w") as f:
+            json.dump(results, f, indent=2)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(result_rows(results), f, indent=2)
     if any("error" in r for r in results):
         raise SystemExit(1)
 
@@ -438,6 +468,98 @@ def _drop_option(argv, name):
             continue
         out.append(a)
     return out
+
+
+def result_rows(results):
+    """Rows of the benchmark-suite convention (benchmarks/README.md).
+
+    Every ratio is ours / reference of a time, so below 1 is faster.
+    """
+    rows = []
+    for r in results:
+        backend = r["backend"]
+        if "error" in r:
+            rows.append(
+                {
+                    "benchmark": BENCHMARK_NAME,
+                    "backend": backend,
+                    "metric": "train epoch time",
+                    "unit": "s/epoch",
+                    "ours": None,
+                    "reference": None,
+                    "reference_name": "plain Keras, same shapes",
+                    "ratio": None,
+                    "notes": f"failed (exit code {r['error']})",
+                }
+            )
+            continue
+        setting = (
+            f"{r['epoch_samples']} samples, batch {r['batch_size']}, "
+            f"median of {r['repeats']}, {r['backend']} "
+            f"{r['backend_version']}, jit_compile={r['jit_compile']}"
+        )
+        rows.append(
+            {
+                "benchmark": BENCHMARK_NAME,
+                "backend": backend,
+                "metric": "train epoch time",
+                "unit": "s/epoch",
+                "ours": r["ours_median_s"],
+                "reference": r["plain_median_s"],
+                "reference_name": "plain Keras Conv2D/ReLU/AvgPool/Dense",
+                "ratio": r["ratio_median"],
+                "notes": f"{setting}; min/min {r['ratio_min']:.2f}x",
+            }
+        )
+        rows.append(
+            {
+                "benchmark": BENCHMARK_NAME,
+                "backend": backend,
+                "metric": "train epoch CPU time (all threads)",
+                "unit": "s/epoch",
+                "ours": statistics.median(r["ours_cpu_s"]),
+                "reference": statistics.median(r["plain_cpu_s"]),
+                "reference_name": "plain Keras Conv2D/ReLU/AvgPool/Dense",
+                "ratio": r["cpu_ratio_median"],
+                "notes": "process CPU time, less sensitive to machine load",
+            }
+        )
+        if "hybrid_median_s" in r:
+            rows.append(
+                {
+                    "benchmark": BENCHMARK_NAME,
+                    "backend": backend,
+                    "metric": "train epoch time, normalization only",
+                    "unit": "s/epoch",
+                    "ours": r["ours_median_s"],
+                    "reference": r["hybrid_median_s"],
+                    "reference_name": "plain kernels + our GroupSort2/pooling",
+                    "ratio": r["ours_median_s"] / r["hybrid_median_s"],
+                    "notes": setting,
+                }
+            )
+        plain = r.get("predict_plain_samples_per_s")
+        for name, label in (
+            ("exported", "predict time, vanilla_export(model)"),
+            ("ours", "predict time, inference mode (not exported)"),
+        ):
+            key = f"predict_{name}_samples_per_s"
+            if plain is None or key not in r:
+                continue
+            rows.append(
+                {
+                    "benchmark": BENCHMARK_NAME,
+                    "backend": backend,
+                    "metric": label,
+                    "unit": "ms per 1000 samples",
+                    "ours": 1e6 / r[key],
+                    "reference": 1e6 / plain,
+                    "reference_name": "plain Keras, same shapes",
+                    "ratio": plain / r[key],
+                    "notes": "predict, batch 1024, best of 3",
+                }
+            )
+    return rows
 
 
 def markdown_table(results):
