@@ -7,6 +7,7 @@ library never chooses the backend.
 from keras_lipschitz import attacks
 from keras_lipschitz import bounds
 from keras_lipschitz import callbacks
+from keras_lipschitz import curvature
 from keras_lipschitz import layers
 from keras_lipschitz import liplt
 from keras_lipschitz import losses
@@ -27,6 +28,7 @@ __all__ = [
     "callbacks",
     "certified_accuracy",
     "certify",
+    "curvature",
     "empirical_lipschitz",
     "lipschitz_bound",
     "layers",

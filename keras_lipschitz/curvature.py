@@ -288,6 +288,8 @@ def feature_radii(
     safe = np.where(finite[:, None], features, 0.0)
     radius = np.zeros(n)
     all_logits = np.zeros((n, num_classes))
+    # Keep the (examples, hidden, classes) block below ~160 MB.
+    chunk = max(1, min(chunk, int(2e7 // (kernel1.shape[1] * num_classes))))
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
         phi, y = safe[part], labels[part]
