@@ -363,3 +363,241 @@ def lanczos_top_vector(apply_gram, u, steps):
     top = ops.reshape(vectors[:, steps - 1], (1, steps))
     x = ops.matmul(top, basis)
     return ops.reshape(l2_normalize(x), shape)
+
+
+# ----------------------------------------------------------------------- SOC
+def conv_adjoint_kernel(kernel):
+    """Kernel of the adjoint of a stride-1, zero "same" conv with odd sizes.
+
+    For a Keras kernel $K \\in \\mathbb{R}^{k_h \\times k_w \\times c_{in}
+    \\times c_{out}}$ with odd $k_h, k_w$, the cross-correlation with
+    $T(K)[a, b, i, o] = K[k_h-1-a,\\, k_w-1-b,\\, o,\\, i]$ (channels
+    swapped, space flipped) is the exact adjoint of the cross-correlation
+    with $K$, on any input size (Singla & Feizi, "Skew Orthogonal
+    Convolutions", ICML 2021).
+
+    Args:
+        kernel: tensor `(k_h, k_w, c_in, c_out)`.
+
+    Returns:
+        A tensor `(k_h, k_w, c_out, c_in)`.
+    """
+    transposed = ops.transpose(kernel, (0, 1, 3, 2))
+    return ops.flip(ops.flip(transposed, axis=0), axis=1)
+
+
+def skew_symmetric_conv_kernel(kernel):
+    """$L = \\tfrac12(M - T(M))$: a conv kernel whose operator is skew.
+
+    With $T$ of `conv_adjoint_kernel`, the stride-1, zero "same" conv by
+    $L$ satisfies $J^T = -J$ exactly, on every input size, for odd kernel
+    sizes and $c_{in} = c_{out}$. The float32 result is exactly skew:
+    $\\mathrm{fl}(a - b) = -\\mathrm{fl}(b - a)$.
+
+    Args:
+        kernel: square-channel tensor `(k_h, k_w, c, c)`.
+
+    Returns:
+        A tensor of the same shape.
+    """
+    return 0.5 * (kernel - conv_adjoint_kernel(kernel))
+
+
+def fantastic_four_vector_shapes(kernel_shape):
+    """Shapes of the `(u, v)` power-iteration pairs of the four reshapes.
+
+    For a Keras kernel `(k_h, k_w, c_in, c_out)` the four matrices of
+    Singla & Feizi ("Fantastic Four", ICLR 2021) have rows / columns
+    $(c_{out}k_h) \\times (c_{in}k_w)$, $(c_{out}k_w) \\times (c_{in}k_h)$,
+    $c_{out} \\times (c_{in}k_hk_w)$ and $(c_{out}k_hk_w) \\times c_{in}$.
+    Each vector is kept with the kernel's rank (size-1 axes broadcast), so
+    that $u^TR_iv$ is `sum(kernel * u * v)`.
+
+    Args:
+        kernel_shape: tuple `(k_h, k_w, c_in, c_out)`.
+
+    Returns:
+        A tuple of four `(u_shape, v_shape)` pairs (u: column side,
+        v: row side).
+    """
+    k_h, k_w, c_in, c_out = kernel_shape
+    return (
+        ((1, k_w, c_in, 1), (k_h, 1, 1, c_out)),
+        ((k_h, 1, c_in, 1), (1, k_w, 1, c_out)),
+        ((k_h, k_w, c_in, 1), (1, 1, 1, c_out)),
+        ((1, 1, c_in, 1), (k_h, k_w, 1, c_out)),
+    )
+
+
+def fantastic_four_power_iteration(kernel, vectors, iterations):
+    """Power iteration on the four reshaped kernels; returns the min norm.
+
+    As in the official SOC code: for each reshape $R_i$ of
+    `fantastic_four_vector_shapes`, `iterations` steps of
+    $v \\leftarrow R_iu/\\|R_iu\\|$, $u \\leftarrow R_i^Tv/\\|R_i^Tv\\|$ on
+    the gradient-stopped kernel, then
+    $\\hat\\sigma = \\min_i v_i^TR_iu_i$, differentiable in `kernel` with
+    the vectors held constant.
+
+    Every $v^TR_iu$ is at most $\\|R_i\\|$, so $\\hat\\sigma$ is an estimate
+    (a lower bound of $\\min_i\\|R_i\\|$ once converged), used only to
+    *scale* the SOC kernel; soundness never depends on it. It is floored
+    at `EPSILON`. With `iterations=0` the stored vectors are used as they
+    are (they are unit vectors whenever this function wrote them).
+
+    Args:
+        kernel: float32 tensor `(k_h, k_w, c_in, c_out)`.
+        vectors: sequence of four `(u, v)` float32 tensors with the shapes
+            of `fantastic_four_vector_shapes`.
+        iterations: Python int >= 0, fixed number of steps.
+
+    Returns:
+        `(new_vectors, sigma)`: a list of four gradient-stopped `(u, v)`
+        pairs and the scalar estimate.
+    """
+    w = ops.stop_gradient(kernel)
+    new_vectors = []
+    sigma = None
+    for u, v in vectors:
+        u_axes = tuple(a for a in range(4) if u.shape[a] == 1)
+        v_axes = tuple(a for a in range(4) if v.shape[a] == 1)
+        u = ops.stop_gradient(u)
+        v = ops.stop_gradient(v)
+        if iterations:
+            u = l2_normalize(u)
+        for _ in range(iterations):
+            v = l2_normalize(ops.sum(w * u, axis=v_axes, keepdims=True))
+            u = l2_normalize(ops.sum(w * v, axis=u_axes, keepdims=True))
+        u = ops.stop_gradient(u)
+        v = ops.stop_gradient(v)
+        new_vectors.append((u, v))
+        estimate = ops.sum(kernel * u * v)
+        sigma = estimate if sigma is None else ops.minimum(sigma, estimate)
+    return new_vectors, ops.maximum(sigma, EPSILON)
+
+
+def taylor_exponential(x, apply, terms):
+    """$S_n(J)x = \\sum_{i=0}^{n} J^ix/i!$ by Horner's rule.
+
+    $z \\leftarrow x$, then for $i = n, \\dots, 1$:
+    $z \\leftarrow x + J z / i$; `n` applications of $J$.
+
+    For a skew-symmetric $J$ (normal, imaginary spectrum),
+    $\\|\\exp(J) - S_n(J)\\| \\le \\|J\\|^{n+1}/(n+1)!$, hence
+    $\\|S_n(J)\\| \\le 1 + \\|J\\|^{n+1}/(n+1)!$ (the Lagrange remainder of
+    $e^{i\\theta}$ on each eigenvalue).
+
+    Args:
+        x: tensor.
+        apply: function mapping a tensor of `x`'s shape to $J$ applied to
+            it.
+        terms: Python int $n \\ge 0$, the highest power (the identity is
+            not counted).
+
+    Returns:
+        A tensor of `x`'s shape.
+    """
+    z = x
+    for i in range(terms, 0, -1):
+        z = x + apply(z) / float(i)
+    return z
+
+
+def conv_kernel_gradient(inputs, upstream, kernel_size):
+    """Gradient of $\\langle \\mathrm{conv}(x, K), g\\rangle$ in the kernel.
+
+    For a stride-1, zero "same" cross-correlation (odd sizes, channels
+    last), $\\partial/\\partial K[a, b, i, o] =
+    \\sum_{n,h,w} x_{pad}[n, h + a, w + b, i]\\, g[n, h, w, o]$: one
+    tensordot per kernel tap, all of them together the cost of one conv
+    weight gradient.
+
+    Args:
+        inputs: tensor `(N, H, W, c_in)`.
+        upstream: tensor `(N, H, W, c_out)`.
+        kernel_size: `(k_h, k_w)`, odd.
+
+    Returns:
+        A tensor `(k_h, k_w, c_in, c_out)`.
+    """
+    k_h, k_w = kernel_size
+    height, width = upstream.shape[1], upstream.shape[2]
+    padded = ops.pad(
+        inputs, ((0, 0), (k_h // 2, k_h // 2), (k_w // 2, k_w // 2), (0, 0))
+    )
+    taps = []
+    for a in range(k_h):
+        for b in range(k_w):
+            window = padded[:, a : a + height, b : b + width, :]
+            taps.append(
+                ops.tensordot(window, upstream, axes=([0, 1, 2], [0, 1, 2]))
+            )
+    stacked = ops.stack(taps, axis=0)
+    return ops.reshape(
+        stacked, (k_h, k_w, stacked.shape[1], stacked.shape[2])
+    )
+
+
+def skew_conv_exponential(x, kernel, terms, fast_backward=False):
+    """SOC: $S_n(J)x$ for $J = \\mathrm{conv}(\\cdot, L)$, channels last.
+
+    $J$ is the stride-1, zero "same" conv by `kernel` (odd sizes). With
+    `fast_backward=False` this is `taylor_exponential` and autodiff
+    differentiates through the `terms` convolutions. With
+    `fast_backward=True` the backward pass is the one of Singla & Feizi,
+    "Improved techniques for deterministic l2 robustness" (NeurIPS 2022),
+    through `keras.ops.custom_gradient`:
+
+    - the forward keeps only $z_2 = \\sum_{i=0}^{n-1} J^ix/(i+1)!$, with
+      $y = x + Jz_2$;
+    - the input gradient is $S_n(J)^Tg = S_n(J^T)g$, by the same Horner
+      recursion with the adjoint kernel (`conv_adjoint_kernel`, which is
+      $-L$ for a skew $L$): **exact** for the truncated polynomial;
+    - the kernel gradient is that of $\\langle \\mathrm{conv}(z_2, L),
+      g_2\\rangle$ with $g_2 = \\sum_{i=0}^{n-1}(J^T)^ig/(i+1)!$, one conv
+      weight gradient instead of $n$. It is an **approximation**: the
+      coefficient of $(J^T)^a g\\,(J^bx)^T$ is $1/((a+1)!(b+1)!)$ instead
+      of $1/(a+b+1)!$. Both agree for $a + b \\le 1$, so the error is
+      $O(\\|J\\|^2)$ relative to the leading term.
+
+    Args:
+        x: tensor `(N, H, W, c)`.
+        kernel: tensor `(k_h, k_w, c, c)` of `x`'s dtype.
+        terms: Python int $n \\ge 1$, the highest power.
+        fast_backward: bool.
+
+    Returns:
+        A tensor of `x`'s shape.
+    """
+
+    def conv(t, k):
+        return ops.conv(t, k, strides=1, padding="same")
+
+    x = ops.convert_to_tensor(x)
+    kernel = ops.convert_to_tensor(kernel, dtype=x.dtype)
+    if not fast_backward:
+        return taylor_exponential(x, lambda t: conv(t, kernel), terms)
+    kernel_size = tuple(kernel.shape[:2])
+
+    @ops.custom_gradient
+    def exponential(x, kernel):
+        z = x
+        for i in range(terms, 1, -1):
+            z = x + conv(z, kernel) / float(i)
+        outputs = x + conv(z, kernel)
+
+        def grad(*args, upstream=None):
+            # torch passes (x, kernel, upstream=g); JAX and TF pass (g,).
+            if upstream is None:
+                upstream = args[0]
+            adjoint = conv_adjoint_kernel(kernel)
+            g = upstream
+            for i in range(terms, 1, -1):
+                g = upstream + conv(g, adjoint) / float(i)
+            grad_kernel = conv_kernel_gradient(z, g, kernel_size)
+            grad_x = upstream + conv(g, adjoint)
+            return grad_x, grad_kernel
+
+        return outputs, grad
+
+    return exponential(x, kernel)

@@ -1,3 +1,7 @@
 """Model builders of the papers' architectures."""
 
-__all__ = []
+from keras_lipschitz.models.soc import LipConvNet
+
+__all__ = [
+    "LipConvNet",
+]
