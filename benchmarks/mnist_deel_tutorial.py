@@ -74,7 +74,7 @@ if os.path.isdir(os.path.join(REPO_ROOT, "keras_lipschitz")):
     sys.path.insert(0, REPO_ROOT)
 RESULT_TAG = "BENCHMARK_RESULT_JSON:"
 # --quick: samples per timed epoch, repeats, inference samples.
-QUICK_SETTINGS = (5120, 2, 2048)
+QUICK_SETTINGS = (2560, 2, 2048)
 BENCHMARK_NAME = "mnist_deel_tutorial"
 
 

@@ -15,7 +15,7 @@ import time
 
 # Same as mnist_deel_tutorial.py: full run, and --quick.
 FULL_SETTINGS = (60000, 3)
-QUICK_SETTINGS = (5120, 2)
+QUICK_SETTINGS = (2560, 2)
 BATCH_SIZE = 256
 
 
@@ -48,15 +48,21 @@ def synthetic_mnist(n, channels_last=True):
 
 
 def time_interleaved(epoch_fns, repeats):
-    """Wall-clock seconds of one epoch of each model, interleaved."""
+    """Wall-clock and process CPU seconds of one epoch of each model.
+
+    Returns `{name: [wall, ...], name + "_cpu": [cpu, ...]}`; the models
+    are interleaved, rotating which goes first.
+    """
     names = list(epoch_fns)
     times = {name: [] for name in names}
+    times.update({name + "_cpu": [] for name in names})
     for rep in range(repeats):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             epoch_fns[name]()
             times[name].append(time.perf_counter() - start)
+            times[name + "_cpu"].append(time.process_time() - cpu)
         print(
             f"repeat {rep + 1}/{repeats}: "
             + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names),
@@ -76,6 +82,8 @@ def emit(args, result, times):
             "plain_s": times["plain"],
             "peer_median_s": statistics.median(times["peer"]),
             "plain_median_s": statistics.median(times["plain"]),
+            "peer_cpu_median_s": statistics.median(times["peer_cpu"]),
+            "plain_cpu_median_s": statistics.median(times["plain_cpu"]),
             "load_average": list(os.getloadavg()),
         }
     )

@@ -90,6 +90,9 @@ def main():
         "framework": f"TensorFlow {tf.__version__} (Keras 2, tf.keras)",
         "framework_short": "tf.keras",
         "framework_backend": "tensorflow",
+        "model_note": "deel-lip's SpectralConv2D/SpectralDense run power "
+        "iteration AND Bjorck orthonormalization (their defaults); "
+        "keras-lipschitz's run power iteration only",
     }
     _common.emit(args, result, times)
 

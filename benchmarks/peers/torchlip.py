@@ -90,6 +90,10 @@ def main():
         "framework": f"torch {torch.__version__} (plain torch loop)",
         "framework_short": "torch",
         "framework_backend": "torch",
+        "model_note": "deel-torchlip's SpectralConv2d/SpectralLinear run "
+        "spectral normalization AND Bjorck orthonormalization (their "
+        "defaults); keras-lipschitz's run power iteration only; ours is "
+        "timed through Keras fit, the peer through a plain torch loop",
     }
     _common.emit(args, result, times)
 
