@@ -46,6 +46,7 @@ def LipConvNet(
     train_terms=DEFAULT_TRAIN_TERMS,
     eval_terms=DEFAULT_EVAL_TERMS,
     fast_backward=False,
+    kernel_regularizer=None,
     name=None,
 ):
     """LipConvNet-`depth` of the SOC papers, built from `SOCConv2D`.
@@ -90,6 +91,8 @@ def LipConvNet(
             (identity not counted).
         fast_backward: bool, the NeurIPS'22 fast backward of every
             `SOCConv2D`.
+        kernel_regularizer: optional regularizer of every SOC raw kernel
+            (the papers use weight decay 5e-4 on the conv weights).
         name: model name (default `"lip_conv_net_{depth}"`).
 
     Returns:
@@ -158,6 +161,7 @@ def LipConvNet(
                 eval_terms=eval_terms,
                 fast_backward=fast_backward,
                 data_format="channels_last",
+                kernel_regularizer=kernel_regularizer,
                 name=f"soc_{index}",
             )(x)
             x = _activation(activation, f"{activation}_{index}")(x)
