@@ -535,6 +535,10 @@ def run_peers(args, our_rows, log_dir, runs):
     return rows
 
 
+def _name(script):
+    return os.path.splitext(os.path.basename(script))[0]
+
+
 def main(argv=None):
     args = parse_args(argv)
     only = {s for s in (args.only or "").split(",") if s}
@@ -545,10 +549,22 @@ def main(argv=None):
     runs, rows = [], []
     log_dir = tempfile.mkdtemp(prefix="keras_lipschitz_bench_")
     print(f"logs in {log_dir}", flush=True)
-    for script in discover():
-        name = os.path.splitext(os.path.basename(script))[0]
-        if (only and name not in only) or name in skip:
-            continue
+    done = set()
+    while True:
+        # Discover again after every script: one added while the suite
+        # runs (e.g. by a parallel job) is still run.
+        pending = [
+            s
+            for s in discover()
+            if s not in done
+            and not (only and _name(s) not in only)
+            and _name(s) not in skip
+        ]
+        if not pending:
+            break
+        script = pending[0]
+        done.add(script)
+        name = _name(script)
         command = [sys.executable, script] + (["--quick"] if args.quick else [])
         status, new_rows, seconds, _ = run_script(
             command, name, args.timeout, log_dir
