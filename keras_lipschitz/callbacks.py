@@ -30,6 +30,7 @@ import keras
 
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers import _validation
+from keras_lipschitz.layers.linf import validate_p
 
 
 def _has_param(loss, param):
@@ -169,5 +170,137 @@ class LossParamScheduler(keras.callbacks.Callback):
             "param": self.param,
             "schedule": self.schedule,
             "update_freq": self.update_freq,
+            "verbose": self.verbose,
+        }
+
+
+def _distance_layers(model):
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if hasattr(layer, "set_p") and hasattr(layer, "train_p")
+    ]
+
+
+def p_norm_schedule(progress, p_start=8.0, p_end=1000.0):
+    """The ℓ∞-dist nets' $p$ schedule at training progress `progress`.
+
+    $p = p_0 (p_1/p_0)^r$ with $r$ = `progress` clipped to [0, 1), and
+    $p = \\infty$ once $r \\ge 1$ (Zhang et al., ICML 2021 / ICLR 2022).
+    """
+    if progress >= 1.0:
+        return float("inf")
+    r = min(max(float(progress), 0.0), 1.0)
+    return float(p_start * (p_end / p_start) ** r)
+
+
+@keras_lipschitz_export
+class PNormScheduler(keras.callbacks.Callback):
+    """Raises the $p$ of ℓ∞-distance layers during `fit`, per minibatch.
+
+    Before every training batch, sets the training $p$ of every
+    `LinfDistDense` / `SortNetDense` of the model (their non-trainable
+    `train_p` weight) to
+
+    $$p = p_0\\,(p_1/p_0)^{r},\\qquad r = \\frac{t - e_0}{e_1 - e_0},$$
+
+    where $t$ is the fractional epoch (epoch + batch / steps per epoch),
+    and to $p = \\infty$ once $r \\ge 1$ (the papers use $p_0 = 8$,
+    $p_1 = 1000$, $e_0, e_1$ = 25, 400 of 450 epochs on MNIST). Inference
+    always uses $p = \\infty$, whatever this schedule.
+
+    **Reaching the compiled step.** $p$ is a model *variable*, not a
+    Python constant, so no retracing is needed: TF graphs and torch read it
+    at each step; on JAX the trainer holds the state outside the model
+    during `fit`, so the callback first syncs the state back
+    (`model.jax_state_sync()`), assigns, and the trainer then reads the
+    new state before the step.
+
+    Args:
+        start_epoch: float >= 0, $e_0$ (before it, $p = p_0$).
+        end_epoch: float > start_epoch, $e_1$ (from it on, $p = \\infty$).
+        p_start: float >= 1, $p_0$.
+        p_end: float >= p_start, $p_1$.
+        verbose: int, 1 prints $p$ at every epoch start.
+    """
+
+    def __init__(
+        self, start_epoch, end_epoch, p_start=8.0, p_end=1000.0, verbose=0
+    ):
+        super().__init__()
+        if (
+            isinstance(start_epoch, bool)
+            or not isinstance(start_epoch, numbers.Real)
+            or start_epoch < 0
+        ):
+            raise ValueError(
+                "`start_epoch` must be a number >= 0. "
+                f"Received: start_epoch={start_epoch!r}"
+            )
+        if (
+            isinstance(end_epoch, bool)
+            or not isinstance(end_epoch, numbers.Real)
+            or not end_epoch > start_epoch
+        ):
+            raise ValueError(
+                "`end_epoch` must be a number > start_epoch. "
+                f"Received: end_epoch={end_epoch!r}"
+            )
+        self.start_epoch = float(start_epoch)
+        self.end_epoch = float(end_epoch)
+        self.p_start = validate_p("p_start", p_start)
+        self.p_end = validate_p("p_end", p_end)
+        if self.p_end < self.p_start or self.p_end == float("inf"):
+            raise ValueError(
+                "`p_end` must be finite and >= p_start. "
+                f"Received: p_end={p_end!r}"
+            )
+        self.verbose = verbose
+        self._epoch = 0
+        self._current = None
+
+    def p_at(self, epoch):
+        """$p$ at the fractional epoch `epoch`."""
+        progress = (epoch - self.start_epoch) / (
+            self.end_epoch - self.start_epoch
+        )
+        return p_norm_schedule(progress, self.p_start, self.p_end)
+
+    def on_train_begin(self, logs=None):
+        if not _distance_layers(self.model):
+            raise ValueError(
+                "PNormScheduler found no LinfDistDense/SortNetDense layer "
+                "in the model."
+            )
+        self._current = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: p = {self.p_at(epoch)}")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = (self.params or {}).get("steps") or 0
+        fraction = batch / steps if steps else 0.0
+        self._set(self.p_at(self._epoch + fraction))
+
+    def _set(self, value):
+        if value == self._current:
+            return
+        # JAX: bring the trainer's state back into the model first, so the
+        # assignment is seen by the next step (and nothing else is lost).
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        for layer in _distance_layers(self.model):
+            layer.set_p(value)
+        self._current = value
+
+    def get_config(self):
+        return {
+            "start_epoch": self.start_epoch,
+            "end_epoch": self.end_epoch,
+            "p_start": self.p_start,
+            "p_end": self.p_end,
             "verbose": self.verbose,
         }

@@ -9,6 +9,8 @@ from keras_lipschitz.layers.conv import SpectralConv2D
 from keras_lipschitz.layers.dense import BjorckDense
 from keras_lipschitz.layers.dense import FrobeniusDense
 from keras_lipschitz.layers.dense import SpectralDense
+from keras_lipschitz.layers.linf import LinfDistDense
+from keras_lipschitz.layers.linf import SortNetDense
 from keras_lipschitz.layers.heads import CRCLipHead
 from keras_lipschitz.layers.pooling import InvertibleDownSampling
 from keras_lipschitz.layers.pooling import LipPool
@@ -29,11 +31,13 @@ __all__ = [
     "GroupSort2",
     "Householder",
     "InvertibleDownSampling",
+    "LinfDistDense",
     "LipPool",
     "ScaledAveragePooling2D",
     "ScaledGlobalAveragePooling2D",
     "ScaledGlobalL2NormPooling2D",
     "ScaledL2NormPooling2D",
+    "SortNetDense",
     "SOCConv2D",
     "SOCDense",
     "SpectralConv2D",
