@@ -126,7 +126,9 @@ def load_data(args):
     try:
         return load_cifar10(args.data, smoke=args.smoke)
     except SystemExit:
-        if not args.smoke:
+        # Random data only in smoke mode, and never instead of a --data
+        # the user gave.
+        if not args.smoke or args.data is not None:
             raise
     print("--smoke without CIFAR-10 at hand: random data of CIFAR's shape.")
     rng = np.random.default_rng(args.seed)

@@ -402,6 +402,14 @@ def test_soc_dense_config_round_trip():
     assert set(dir(layer)) == set(dir(revived))
     values = helpers.singular_values(layer.effective_kernel())
     np.testing.assert_allclose(values, 2.0, atol=2 * TOL)
+    # Materialized kernel: exports to a plain Dense with the same outputs.
+    model = keras.Sequential([keras.Input((3,)), layer])
+    plain = keras_lipschitz.vanilla_export(model)
+    assert type(plain.layers[0]) is keras.layers.Dense
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    np.testing.assert_allclose(
+        helpers.to_numpy(plain(x)), helpers.to_numpy(model(x)), atol=1e-5
+    )
 
 
 # --------------------------------------------------------------- LipConvNet
