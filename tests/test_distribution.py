@@ -222,12 +222,13 @@ def jax_worker():
             model.set_weights(initial_list)
             loss = fit_keras(model, x, y)
         trained[name] = model.get_weights()
+        final = weights_of(model)
         run = {
             "loss": loss,
             "initial_diff": compare_weights(initial, built),
-            "weight_diff": compare_weights(ref_weights, weights_of(model)),
+            "weight_diff": compare_weights(ref_weights, final),
             "state_moved": {
-                p: float(np.max(np.abs(ref_weights[p] - initial[p])))
+                p: float(np.max(np.abs(final[p] - initial[p])))
                 for p in state_paths(model)
             },
             "shardings": {
@@ -263,8 +264,11 @@ def jax_worker():
 
     grad_fn = jax.jit(jax.value_and_grad(value, argnums=1))
     single = grad_fn(y, logits)
-    sharding = NamedSharding(jax.sharding.Mesh(devices, ("b",)), PartitionSpec("b"))
-    split = grad_fn(jax.device_put(y, sharding), jax.device_put(logits, sharding))
+    mesh_1d = jax.sharding.Mesh(devices, ("b",))
+    sharding = NamedSharding(mesh_1d, PartitionSpec("b"))
+    split = grad_fn(
+        jax.device_put(y, sharding), jax.device_put(logits, sharding)
+    )
     result["loss_check"] = {
         "single": float(single[0]),
         "split": float(split[0]),
@@ -309,13 +313,14 @@ def tensorflow_worker():
         spread[w.path] = float(
             max(np.max(np.abs(r - replicas[0])) for r in replicas)
         )
+    final = weights_of(model)
     run = {
         "loss": loss,
         "replicas": strategy.num_replicas_in_sync,
         "initial_diff": compare_weights(initial, built),
-        "weight_diff": compare_weights(ref_weights, weights_of(model)),
+        "weight_diff": compare_weights(ref_weights, final),
         "state_moved": {
-            p: float(np.max(np.abs(ref_weights[p] - initial[p])))
+            p: float(np.max(np.abs(final[p] - initial[p])))
             for p in state_paths(model)
         },
         "state_spread": spread,
@@ -472,8 +477,8 @@ def torch_worker():
             "initial_diff": compare_weights(ref_initial, initial),
             "weight_diff": compare_weights(ref_weights, trained),
             "state_moved": {
-                p: float(np.max(np.abs(ref_weights[p] - ref_initial[p])))
-                for p in state_paths(reference)
+                p: float(np.max(np.abs(trained[p] - initial[p])))
+                for p in state_paths(model)
             },
             "state_spread": {
                 p: float(
@@ -551,8 +556,8 @@ def _check_run(run, reference_loss):
     # single-device one.
     worst = max(run["weight_diff"].items(), key=lambda kv: kv[1])
     assert worst[1] < WEIGHT_TOLERANCE, run["weight_diff"]
-    # The state really moved in training (so "equal" is not "untouched")
-    # and is identical on every replica / device.
+    # The distributed model's state really moved in training (so "equal"
+    # is not "untouched") and is identical on every replica / device.
     assert len(run["state_moved"]) == 4, run["state_moved"]
     assert min(run["state_moved"].values()) > 1e-6, run["state_moved"]
     assert max(run["state_spread"].values()) == 0.0, run["state_spread"]
