@@ -509,7 +509,7 @@ def test_pgd_never_beats_the_certificate(head_units, neuron):
         x[certified],
         y[certified],
         0.999 * radius[certified],
-        steps=10,
+        steps=8,
         restarts=2,
     )
     assert not success.any()
@@ -520,7 +520,7 @@ def test_pgd_never_beats_the_certificate(head_units, neuron):
     # The attack works: at a clearly larger radius (the data span [-1, 1])
     # it flips most points.
     _, success = pgd_linf(
-        model, x[certified], y[certified], 2.0, steps=10, restarts=3
+        model, x[certified], y[certified], 2.0, steps=8, restarts=3
     )
     assert success.mean() > 0.8
     if head_units is None:

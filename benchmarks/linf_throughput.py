@@ -1,0 +1,232 @@
+"""Training throughput and peak memory of ℓ∞-distance layers vs a naive one.
+
+Two measurements, each backend and each implementation in its own
+subprocess (`KERAS_BACKEND` set before Keras is imported):
+
+- **Throughput**: examples/s of compiled training steps (`fit`, Keras's
+  default `jit_compile`) of the papers' MNIST model
+  (`linf_dist_net`, depth 5, width 5120, batch 512; `--quick`: depth 3,
+  width 256, batch 128), with our chunked `LinfDistDense` (custom
+  recomputing backward) against the same model whose layers compute
+  $\\|x - w_i\\|_p$ by a full $(B, D, N)$ broadcast differentiated by
+  autodiff (`naive_pnorm_distances`). Training uses $p = 8$, the
+  start of the papers' schedule.
+- **Peak memory**: peak resident set size (`ru_maxrss`) of a process
+  that runs one training step of a single distance layer on a $(B, D)$
+  input, minus the RSS just before the step (imports, weights and data),
+  so the ratio compares what the step itself needs. The target size of
+  the issue, a 5120-unit layer on 512×5120 inputs, needs about 54 GB per
+  broadcast tensor in the naive form, so the naive row is measured at a
+  smaller size only.
+
+Usage:
+
+    python benchmarks/linf_throughput.py --quick --json linf.json
+    python benchmarks/linf_throughput.py --backends jax --memory-full
+
+Rows follow the benchmarks' JSON convention (`ratio` = ours / naive for
+throughput, ours / naive for memory).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child_throughput(args):
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, REPO_ROOT)
+    from keras_lipschitz.layers import linf
+    from keras_lipschitz.losses import LinfDistHinge
+    from keras_lipschitz.models import linf_dist_net
+
+    if args.impl == "naive":
+        # Same layer, distances by a full broadcast (autodiff backward).
+        def naive(self, x, training):
+            p = 8.0 if training else float("inf")
+            return linf.naive_pnorm_distances(
+                x, keras.ops.cast(self.kernel, "float32"), p
+            )
+
+        linf.LinfDistDense._distances = naive
+    keras.utils.set_random_seed(0)
+    model = linf_dist_net(
+        (784,), 10, depth=args.depth, width=args.width,
+        chunk_size=args.chunk_size,
+    )
+    model.compile(keras.optimizers.Adam(1e-3), LinfDistHinge(0.45))
+    rng = np.random.default_rng(0)
+    n = args.batch_size * args.steps
+    x = rng.uniform(size=(n, 784)).astype("float32")
+    y = rng.integers(0, 10, size=n)
+    model.fit(x[: args.batch_size], y[: args.batch_size],
+              batch_size=args.batch_size, verbose=0)  # compile
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=args.batch_size, verbose=0)
+    elapsed = time.perf_counter() - start
+    return {"examples_per_s": n / elapsed}
+
+
+def _rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _child_memory(args):
+    import resource
+
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, REPO_ROOT)
+    from keras_lipschitz import _backend
+    from keras_lipschitz.layers import linf
+
+    rng = np.random.default_rng(0)
+    x = keras.ops.convert_to_tensor(
+        rng.uniform(size=(args.batch_size, args.dim)).astype("float32")
+    )
+    kernel = keras.ops.convert_to_tensor(
+        rng.normal(size=(args.dim, args.width)).astype("float32")
+    )
+    p = keras.ops.convert_to_tensor(8.0)
+    if args.impl == "naive":
+        def fn(k):
+            return keras.ops.sum(linf.naive_pnorm_distances(x, k, 8.0))
+    else:
+        def fn(k):
+            return keras.ops.sum(
+                linf.pnorm_distances(x, k, p, args.chunk_size)
+            )
+    before = _rss_mib()
+    start = time.perf_counter()
+    _, grad = _backend.value_and_input_gradient(fn, kernel)
+    keras.ops.convert_to_numpy(grad)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"peak_mib": peak, "before_mib": before,
+            "step_mib": peak - before, "seconds": elapsed}
+
+
+def _run_child(backend, extra, timeout):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child"] + extra
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout} s"}
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    return {"error": (out.stderr or out.stdout)[-500:]}
+
+
+def _row(benchmark, backend, metric, unit, ours, ref, notes):
+    ratio = None
+    if ours is not None and ref is not None and ref > 0:
+        ratio = ours / ref
+    return {"benchmark": benchmark, "backend": backend, "metric": metric,
+            "unit": unit, "ours": ours, "reference": ref,
+            "reference_name": "naive broadcast LinfDistDense",
+            "ratio": ratio, "notes": notes}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--memory-full", action="store_true",
+                        help="also measure ours at 512x5120 -> 5120")
+    parser.add_argument("--timeout", type=int, default=1800)
+    # Child-process options.
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--task", default="throughput")
+    parser.add_argument("--impl", default="ours")
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--width", type=int, default=5120)
+    parser.add_argument("--dim", type=int, default=5120)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=32)
+    args = parser.parse_args()
+
+    if args.child:
+        task = _child_memory if args.task == "memory" else _child_throughput
+        print("RESULT " + json.dumps(task(args)), flush=True)
+        return
+
+    if args.quick:
+        model = dict(depth=3, width=256, batch=128, steps=3)
+        memory = dict(batch=128, dim=512, width=512)
+    else:
+        model = dict(depth=5, width=5120, batch=512, steps=2)
+        memory = dict(batch=256, dim=1024, width=1024)
+    rows = []
+    for backend in args.backends.split(","):
+        results = {}
+        for impl in ("ours", "naive"):
+            results[impl] = _run_child(backend, [
+                "--task", "throughput", "--impl", impl,
+                "--depth", str(model["depth"]),
+                "--width", str(model["width"]),
+                "--batch-size", str(model["batch"]),
+                "--steps", str(model["steps"]),
+            ], args.timeout)
+            print(backend, "throughput", impl, results[impl], flush=True)
+        shape = (f"depth {model['depth']}, width {model['width']}, batch "
+                 f"{model['batch']}, p = 8")
+        rows.append(_row(
+            "linf_throughput", backend, "train examples/s", "examples/s",
+            results["ours"].get("examples_per_s"),
+            results["naive"].get("examples_per_s"),
+            f"{shape}; {results['ours'].get('error', '')}"
+            f"{results['naive'].get('error', '')}".strip("; ")))
+        mem = {}
+        for impl in ("ours", "naive"):
+            mem[impl] = _run_child(backend, [
+                "--task", "memory", "--impl", impl,
+                "--batch-size", str(memory["batch"]),
+                "--dim", str(memory["dim"]),
+                "--width", str(memory["width"]),
+            ], args.timeout)
+            print(backend, "memory", impl, mem[impl], flush=True)
+        rows.append(_row(
+            "linf_memory", backend, "train step peak RSS increase", "MiB",
+            mem["ours"].get("step_mib"), mem["naive"].get("step_mib"),
+            f"one layer, B x D -> N = {memory['batch']} x {memory['dim']} "
+            f"-> {memory['width']}, p = 8; peak RSS "
+            f"{mem['ours'].get('peak_mib')} vs "
+            f"{mem['naive'].get('peak_mib')} MiB"))
+        if args.memory_full:
+            full = _run_child(backend, [
+                "--task", "memory", "--impl", "ours", "--batch-size", "512",
+                "--dim", "5120", "--width", "5120",
+            ], args.timeout)
+            print(backend, "memory full", full, flush=True)
+            rows.append(_row(
+                "linf_memory_full", backend, "train step peak RSS", "MiB",
+                full.get("peak_mib"), None,
+                f"one layer, 512 x 5120 -> 5120, p = 8 (naive: ~54 GB per "
+                f"broadcast tensor, not run); step "
+                f"{full.get('seconds')} s; {full.get('error', '')}"))
+    for row in rows:
+        print(json.dumps(row))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
