@@ -184,6 +184,8 @@ def run_script(command, name, timeout, log_dir, env=None):
             return status, [], seconds, log_path
     if code == "timeout":
         status = f"timed out after {timeout:.0f} s"
+    elif code < 0:
+        status = f"stopped by signal {-code} after {seconds:.0f} s"
     elif code != 0:
         status = f"failed (exit code {code})"
     elif not rows:
