@@ -27,7 +27,8 @@ $1 + 10^{-8}$ to absorb float64 rounding.
 $g(\\phi+\\delta) \\ge g(\\phi) - \\|\\nabla g\\|\\|\\delta\\| -
 \\tfrac m2\\|\\delta\\|^2$, which stays positive for
 $\\|\\delta\\| < r_c = (\\sqrt{\\|\\nabla g\\|^2 + 2mg} - \\|\\nabla g\\|)/m
-= 2g/(\\|\\nabla g\\| + \\sqrt{\\|\\nabla g\\|^2 + 2mg})$ ($g/\\|\\nabla g\\|$ if
+= 2g/(\\|\\nabla g\\| + \\sqrt{\\|\\nabla g\\|^2 + 2mg})$
+($g/\\|\\nabla g\\|$ if
 $m = 0$). Since also $\\|\\nabla g\\| \\le \\|W_1\\|_2\\|\\Delta\\|$
 everywhere, $r_L = g/(\\|W_1\\|_2\\|\\Delta\\|)$ is a radius too; each pair
 gets $\\max(r_c, r_L)$ and the certificate is the minimum over **all**

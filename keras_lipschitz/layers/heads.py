@@ -43,7 +43,8 @@ class CRCLipHead(keras.layers.Layer):
     (flattened) of a 1-Lipschitz backbone:
 
     $$f(\\phi) = W_2^T\\,\\mathrm{softplus}_\\beta(W_1^T\\phi + b_1) + b_2,
-    \\qquad \\mathrm{softplus}_\\beta(t) = \\tfrac1\\beta\\log(1+e^{\\beta t}).$$
+    \\qquad
+    \\mathrm{softplus}_\\beta(t) = \\tfrac1\\beta\\log(1+e^{\\beta t}).$$
 
     For a class pair $(y, j)$ let $g = f_y - f_j$ and
     $\\Delta = w_{2,y} - w_{2,j}$ (columns of $W_2$). Then
