@@ -170,11 +170,14 @@ def test_pgd_never_beats_the_curvature_certificate():
         model.layers[-1].certificate = "fast"
     certified = radius > 0
     assert certified.mean() > 0.3, "too few certified points to test"
-    xs, ys, rs = x[certified], y[certified], radius[certified]
+    # The 64 smallest certified radii: the points closest to the boundary.
+    index = np.flatnonzero(certified)
+    index = index[np.argsort(radius[index])[:64]]
+    xs, ys, rs = x[index], y[index], radius[index]
     _, success = attacks.pgd_l2(model, xs, ys, 0.999 * rs, steps=25)
     assert not np.any(success), "an attack beat a certificate"
     # The same attack at a larger radius succeeds: it is strong enough.
-    _, success = attacks.pgd_l2(model, xs, ys, 3.0 * rs + 0.5, steps=25)
+    _, success = attacks.pgd_l2(model, xs, ys, 3.0 * rs + 0.5, steps=15)
     assert np.mean(success) > 0.2
 
 
@@ -414,7 +417,7 @@ def test_lln_model_is_certified_with_pairwise_distances():
     xs, ys, rs = x[certified], y[certified], radius[certified]
     _, success = attacks.pgd_l2(model, xs, ys, 0.999 * rs, steps=25)
     assert not np.any(success)
-    _, success = attacks.pgd_l2(model, xs, ys, 3.0 * rs + 0.5, steps=25)
+    _, success = attacks.pgd_l2(model, xs, ys, 3.0 * rs + 0.5, steps=15)
     assert np.any(success)
 
 
@@ -443,13 +446,13 @@ def test_verified_crc_is_sound_and_nearly_tight_on_features():
         certificate="crc",
     )
     model = keras.Sequential([keras.Input((5,)), head])
-    x = np.random.default_rng(5).normal(size=(48, 5)).astype("float32")
+    x = np.random.default_rng(5).normal(size=(32, 5)).astype("float32")
     y = helpers.to_numpy(model(x)).argmax(1)
     radius = keras_lipschitz.certify(model, x, y)
     assert np.all(radius > 0)
-    _, success = attacks.pgd_l2(model, x, y, 0.999 * radius, steps=30)
+    _, success = attacks.pgd_l2(model, x, y, 0.999 * radius, steps=25)
     assert not np.any(success)
     # A sound but loose certificate (e.g. the fast one, about 1.3x smaller
     # here) would leave most of these attacks failing.
-    _, success = attacks.pgd_l2(model, x, y, 1.3 * radius, steps=30)
+    _, success = attacks.pgd_l2(model, x, y, 1.3 * radius, steps=25)
     assert np.mean(success) > 0.5
