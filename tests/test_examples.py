@@ -5,8 +5,12 @@ subprocess: it must exit with 0, print the clean and certified accuracy
 lines and write its PNG. The examples are backend-neutral and the library's
 backend behaviour is tested elsewhere, so this runs on JAX only (the
 backend whose examples run fastest here) and is skipped on the others.
+The scripts are started two at a time when the module's first test asks
+for them (much of each run is single-threaded compilation), and each test
+waits for its own script.
 """
 
+import concurrent.futures
 import glob
 import os
 import re
@@ -52,12 +56,26 @@ def test_there_are_examples():
     assert "quickstart.py" in names and "mnist_l2.py" in names
 
 
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """`{script: future of (completed process, png path)}`."""
+    root = tmp_path_factory.mktemp("smoke")
+
+    def run(script):
+        workdir = root / os.path.splitext(os.path.basename(script))[0]
+        workdir.mkdir()
+        png = workdir / "plot.png"
+        return _run(script, "--smoke", "--plot", str(png), cwd=workdir), png
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        yield {script: pool.submit(run, script) for script in EXAMPLES}
+
+
 @pytest.mark.parametrize(
     "script", EXAMPLES, ids=[os.path.basename(p) for p in EXAMPLES]
 )
-def test_example_runs_in_smoke_mode(script, tmp_path):
-    png = tmp_path / "plot.png"
-    proc = _run(script, "--smoke", "--plot", str(png), cwd=tmp_path)
+def test_example_runs_in_smoke_mode(script, smoke_runs):
+    proc, png = smoke_runs[script].result()
     assert proc.returncode == 0, _tail(proc)
     assert re.search(r"^clean accuracy: \d\.\d+$", proc.stdout, re.M), _tail(
         proc
