@@ -28,7 +28,7 @@ Usage:
 
     python benchmarks/soc_step.py                     # all backends
     python benchmarks/soc_step.py --quick --json soc.json
-    python benchmarks/soc_step.py --backends jax --steps 10
+    python benchmarks/soc_step.py --backends torch --steps 10
 """
 
 import argparse
@@ -53,7 +53,7 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--backends", default=",".join(ALL_BACKENDS))
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument(
         "--quick", action="store_true", help="3 timed steps, width 16"
