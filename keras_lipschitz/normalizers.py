@@ -312,25 +312,18 @@ def lanczos_top_vector(apply_gram, u, steps):
     shape = tuple(u.shape)
     size = int(np.prod(shape))
     steps = max(1, min(steps, size))
-    # Fixed-shape buffers (rows filled one by one through constant one-hot
-    # columns) so that every step runs the same ops on the same shapes:
-    # eager JAX would otherwise compile new kernels at every step.
-    eye = np.eye(steps, dtype="float32")
-    rows = eye[:, :, None]
-    diagonal = eye[:, :, None] * eye[:, None, :]
-    off_diagonal = np.zeros((max(steps - 1, 1), steps, steps), "float32")
-    for j in range(steps - 1):
-        off_diagonal[j, j, j + 1] = off_diagonal[j, j + 1, j] = 1.0
-    basis = ops.zeros((steps, size), dtype="float32")
-    alphas = []
-    betas = []
-    q = ops.reshape(l2_normalize(u), (1, size))
-    for j in range(steps):
-        basis = basis + ops.convert_to_tensor(rows[j]) * q
+    # A fixed-count loop over fixed-shape buffers (rows filled through
+    # one-hot masks): XLA and TF compile one step instead of `steps`
+    # unrolled copies, and eager JAX does not compile a kernel per step.
+    diagonal = np.eye(steps, dtype="float32")
+    upper = np.eye(steps, k=1, dtype="float32")
+
+    def step(j, state):
+        basis, q, alphas, betas = state
+        row = ops.reshape(ops.one_hot(j, steps, dtype="float32"), (steps, 1))
+        basis = basis + row * q
         w = ops.reshape(apply_gram(ops.reshape(q, shape)), (1, size))
-        alphas.append(ops.sum(q * w))
-        if j == steps - 1:
-            break
+        alphas = alphas + row[:, 0] * ops.sum(q * w)
         scale = ops.sqrt(ops.sum(ops.square(w)))
         # Unfilled rows are zero and do not contribute.
         for _ in range(2):
@@ -349,16 +342,22 @@ def lanczos_top_vector(apply_gram, u, steps):
         keep = ops.cast(
             ops.greater(norm, _BREAKDOWN * scale + _TINY), "float32"
         )
-        betas.append(keep * norm)
+        # beta_j couples q_j and q_{j+1}; the last one is never used.
+        betas = betas + row[:, 0] * (keep * norm)
         q = keep * w * ops.rsqrt(ops.maximum(norm_sq, _TINY))
-    tridiagonal = ops.sum(
-        ops.reshape(ops.stack(alphas), (steps, 1, 1)) * diagonal, axis=0
+        return basis, q, alphas, betas
+
+    state = (
+        ops.zeros((steps, size), dtype="float32"),
+        ops.reshape(l2_normalize(u), (1, size)),
+        ops.zeros((steps,), dtype="float32"),
+        ops.zeros((steps,), dtype="float32"),
     )
-    if betas:
-        tridiagonal = tridiagonal + ops.sum(
-            ops.reshape(ops.stack(betas), (steps - 1, 1, 1)) * off_diagonal,
-            axis=0,
-        )
+    basis, _, alphas, betas = ops.fori_loop(0, steps, step, state)
+    off = ops.reshape(betas, (steps, 1)) * upper
+    tridiagonal = (
+        ops.reshape(alphas, (steps, 1)) * diagonal + off + ops.transpose(off)
+    )
     _, vectors = ops.eigh(tridiagonal)
     top = ops.reshape(vectors[:, steps - 1], (1, steps))
     x = ops.matmul(top, basis)
