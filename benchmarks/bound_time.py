@@ -20,7 +20,7 @@ grid) and adds the exact pairwise row norms of the last layer.
 Usage:
 
     python benchmarks/bound_time.py --backend jax --json rows.json
-    python benchmarks/bound_time.py --quick      # widths / 4
+    python benchmarks/bound_time.py --quick      # widths / 8, one repeat
 """
 
 import argparse
@@ -34,8 +34,10 @@ import time
 def _parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "jax"))
-    p.add_argument("--quick", action="store_true", help="widths / 4")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true",
+                   help="widths / 8 and one repeat")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="default 3 (1 with --quick)")
     p.add_argument("--json", default=None, help="write the result rows here")
     return p.parse_args()
 
@@ -50,7 +52,9 @@ def main():
 
     import keras_lipschitz
 
-    div = 4 if args.quick else 1
+    div = 8 if args.quick else 1
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     widths = [64, 64, 128, 128, 256, 256, 512, 512]
     strides = [1, 1, 2, 1, 2, 1, 2, 1]
     widths = [w // div for w in widths]
@@ -96,7 +100,7 @@ def main():
     res = residual()
     t_res, v_res = timed(lambda: keras_lipschitz.lipschitz_bound(res))
     machine = f"{platform.machine()} {os.cpu_count()}-core CPU, no GPU"
-    size = "widths/4" if args.quick else "full widths"
+    size = "widths/8" if args.quick else "full widths"
     rows = [
         {
             "benchmark": "bound_time",
