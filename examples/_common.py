@@ -116,6 +116,17 @@ def _from_cifar_batches(directory):
     return x_train, y_train, x_test, y_test
 
 
+def _random_images(shape):
+    """Smoke mode without data: random pixels and labels (says so)."""
+    print("smoke mode: no data available, using random images and labels")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(2 * SMOKE_SAMPLES,) + shape)
+    y = rng.integers(0, 10, size=(2 * SMOKE_SAMPLES,))
+    return x[:SMOKE_SAMPLES], y[:SMOKE_SAMPLES], x[SMOKE_SAMPLES:], y[
+        SMOKE_SAMPLES:
+    ]
+
+
 def _finish(arrays, shape, smoke):
     x_train, y_train, x_test, y_test = arrays
 
@@ -146,6 +157,8 @@ def load_mnist(data=None, smoke=False):
         arrays = _from_npz(DEFAULT_MNIST)
     else:
         arrays = _from_tfds("mnist")
+        if arrays is None and smoke:
+            arrays = _random_images((28, 28))
         if arrays is None:
             _no_data("MNIST", "path/to/mnist.npz (Keras format)")
     return _finish(arrays, (28, 28, 1), smoke)
@@ -167,6 +180,8 @@ def load_cifar10(data=None, smoke=False):
             raise SystemExit(f"--data {data}: no such file or directory.")
     else:
         arrays = _from_tfds("cifar10")
+        if arrays is None and smoke:
+            arrays = _random_images((32, 32, 3))
         if arrays is None:
             _no_data(
                 "CIFAR-10",
