@@ -22,6 +22,81 @@ def _margin_objective(model, labels_one_hot):
     return objective
 
 
+def _projected_gradient_ascent(
+    model, x, y, epsilon, steps, step_size, restarts, seed, start, ascend
+):
+    """The PGD loop shared by `pgd_l2` and `pgd_linf`.
+
+    `start(rng, x, eps)` draws a random start `delta` inside the ball of
+    per-example radii `eps` (shaped `(N, 1, ...)`); `ascend(delta, grad,
+    alpha, eps)` takes one ascent step and projects back onto the ball.
+    The first restart starts at `x`.
+    """
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    n = x.shape[0]
+    eps = np.broadcast_to(np.asarray(epsilon, np.float32), (n,)).copy()
+    shape = (n,) + (1,) * (x.ndim - 1)
+    alpha = (2.5 * eps / steps if step_size is None else
+             np.broadcast_to(np.asarray(step_size, np.float32), (n,)))
+    alpha = alpha.reshape(shape)
+    eps = eps.reshape(shape)
+    num_classes = int(model.output_shape[-1])
+    one_hot = np.eye(num_classes, dtype=np.float32)[y]
+    objective = _margin_objective(model, ops.convert_to_tensor(one_hot))
+    rng = np.random.default_rng(seed)
+
+    def predict(v):
+        return np.argmax(ops.convert_to_numpy(model(v, training=False)), 1)
+
+    best = x.copy()
+    success = np.zeros(n, bool)
+    for restart in range(restarts):
+        delta = np.zeros_like(x)
+        if restart > 0:
+            delta = start(rng, x, eps)
+        for _ in range(steps):
+            _, grad = _backend.value_and_input_gradient(objective, x + delta)
+            grad = np.asarray(ops.convert_to_numpy(grad), np.float32)
+            delta = ascend(delta, grad, alpha, eps)
+            changed = predict(x + delta) != y
+            new = changed & ~success
+            best[new] = (x + delta)[new]
+            success |= changed
+        best[~success] = (x + delta)[~success]
+    return best, success
+
+
+def _flat_norms(v):
+    return np.linalg.norm(v.reshape(v.shape[0], -1), axis=1).reshape(
+        (v.shape[0],) + (1,) * (v.ndim - 1)
+    )
+
+
+def _l2_start(rng, x, eps):
+    delta = rng.normal(size=x.shape).astype(np.float32)
+    radius = eps * rng.uniform(size=eps.shape)
+    delta *= radius / _flat_norms(delta)
+    return delta
+
+
+def _l2_ascend(delta, grad, alpha, eps):
+    step = grad / np.maximum(_flat_norms(grad), 1e-12)
+    delta = delta + alpha * step
+    factor = np.minimum(1.0, eps / np.maximum(_flat_norms(delta), 1e-12))
+    return delta * factor.astype(np.float32)
+
+
+def _linf_start(rng, x, eps):
+    return (rng.uniform(-1, 1, size=x.shape) * eps).astype(np.float32)
+
+
+def _linf_ascend(delta, grad, alpha, eps):
+    return np.clip(delta + alpha * np.sign(grad), -eps, eps).astype(
+        np.float32
+    )
+
+
 def pgd_l2(model, x, y, epsilon, steps=50, step_size=None, restarts=1, seed=0):
     """Projected gradient ascent on the margin inside ℓ2 balls.
 
@@ -44,44 +119,10 @@ def pgd_l2(model, x, y, epsilon, steps=50, step_size=None, restarts=1, seed=0):
         `(x_adv, success)`: the strongest perturbed inputs found, inside
         the balls, and a boolean array, True where the prediction changed.
     """
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    n = x.shape[0]
-    eps = np.broadcast_to(np.asarray(epsilon, np.float32), (n,)).copy()
-    shape = (n,) + (1,) * (x.ndim - 1)
-    alpha = (2.5 * eps / steps if step_size is None else
-             np.broadcast_to(np.asarray(step_size, np.float32), (n,)))
-    num_classes = int(model.output_shape[-1])
-    one_hot = np.eye(num_classes, dtype=np.float32)[y]
-    objective = _margin_objective(model, ops.convert_to_tensor(one_hot))
-    rng = np.random.default_rng(seed)
-
-    def predict(v):
-        return np.argmax(ops.convert_to_numpy(model(v, training=False)), 1)
-
-    best = x.copy()
-    success = np.zeros(n, bool)
-    for restart in range(restarts):
-        delta = np.zeros_like(x)
-        if restart > 0:
-            delta = rng.normal(size=x.shape).astype(np.float32)
-            norms = np.linalg.norm(delta.reshape(n, -1), axis=1)
-            delta *= (eps * rng.uniform(size=n) / norms).reshape(shape)
-        for _ in range(steps):
-            _, grad = _backend.value_and_input_gradient(objective, x + delta)
-            grad = np.asarray(ops.convert_to_numpy(grad), np.float32)
-            gnorm = np.linalg.norm(grad.reshape(n, -1), axis=1)
-            step = grad / np.maximum(gnorm, 1e-12).reshape(shape)
-            delta = delta + alpha.reshape(shape) * step
-            dnorm = np.linalg.norm(delta.reshape(n, -1), axis=1)
-            factor = np.minimum(1.0, eps / np.maximum(dnorm, 1e-12))
-            delta = delta * factor.reshape(shape).astype(np.float32)
-            changed = predict(x + delta) != y
-            new = changed & ~success
-            best[new] = (x + delta)[new]
-            success |= changed
-        best[~success] = (x + delta)[~success]
-    return best, success
+    return _projected_gradient_ascent(
+        model, x, y, epsilon, steps, step_size, restarts, seed,
+        _l2_start, _l2_ascend,
+    )
 
 
 def pgd_linf(
@@ -109,37 +150,7 @@ def pgd_linf(
         `(x_adv, success)`: the strongest perturbed inputs found, inside
         the boxes, and a boolean array, True where the prediction changed.
     """
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    n = x.shape[0]
-    eps = np.broadcast_to(np.asarray(epsilon, np.float32), (n,)).copy()
-    shape = (n,) + (1,) * (x.ndim - 1)
-    box = eps.reshape(shape)
-    alpha = (2.5 * eps / steps if step_size is None else
-             np.broadcast_to(np.asarray(step_size, np.float32), (n,)))
-    alpha = alpha.reshape(shape)
-    num_classes = int(model.output_shape[-1])
-    one_hot = np.eye(num_classes, dtype=np.float32)[y]
-    objective = _margin_objective(model, ops.convert_to_tensor(one_hot))
-    rng = np.random.default_rng(seed)
-
-    def predict(v):
-        return np.argmax(ops.convert_to_numpy(model(v, training=False)), 1)
-
-    best = x.copy()
-    success = np.zeros(n, bool)
-    for restart in range(restarts):
-        delta = np.zeros_like(x)
-        if restart > 0:
-            delta = (rng.uniform(-1, 1, size=x.shape) * box).astype(np.float32)
-        for _ in range(steps):
-            _, grad = _backend.value_and_input_gradient(objective, x + delta)
-            grad = np.asarray(ops.convert_to_numpy(grad), np.float32)
-            delta = np.clip(delta + alpha * np.sign(grad), -box, box)
-            delta = delta.astype(np.float32)
-            changed = predict(x + delta) != y
-            new = changed & ~success
-            best[new] = (x + delta)[new]
-            success |= changed
-        best[~success] = (x + delta)[~success]
-    return best, success
+    return _projected_gradient_ascent(
+        model, x, y, epsilon, steps, step_size, restarts, seed,
+        _linf_start, _linf_ascend,
+    )
