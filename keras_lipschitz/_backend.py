@@ -1,11 +1,22 @@
 """The library's single backend dispatch point.
 
 Only what `keras.ops` cannot express lives here: input gradients, used by
-attacks and empirical Lipschitz estimates. Backends are imported lazily,
-inside the functions.
+attacks and empirical Lipschitz estimates, cross-replica sums, and whether
+the backend runs eagerly (which picks the faster of two formulations of
+the same maths). Backends are imported lazily, inside the functions.
 """
 
 import keras
+
+
+def runs_eagerly():
+    """Whether the backend runs op by op, without a graph compiler.
+
+    On torch every op is its own kernel, so hand-fused gradients and
+    slicing beat what autodiff and Keras's generic ops produce; TensorFlow
+    and JAX compile the training step and fuse those ops themselves.
+    """
+    return keras.config.backend() == "torch"
 
 
 def value_and_input_gradient(fn, x):

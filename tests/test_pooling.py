@@ -112,6 +112,47 @@ def test_windowed_pooling_matches_numpy(data_format, pool_size, height, width):
 
 
 @pytest.mark.parametrize("data_format", [CL, CF])
+@pytest.mark.parametrize(
+    "pool_size,height,width",
+    [((2, 2), 4, 6), ((3, 2), 7, 5), ((1, 4), 3, 8)],
+)
+def test_l2_norm_pooling_gradient_matches_numpy(
+    data_format, pool_size, height, width
+):
+    # The layer's hand-written gradient x * g / y, spread over each window
+    # and 0 on the rows and columns that 'valid' pooling drops.
+    from keras_lipschitz import _backend
+
+    x = random_input((2,) + image_shape(height, width, 3, data_format))
+    layer = ScaledL2NormPooling2D(
+        pool_size, epsilon=1e-3, data_format=data_format
+    )
+    y = np_scaled_l2(x, pool_size, data_format, 1e-3)
+    g = np.random.default_rng(1).normal(size=y.shape)
+    weights = keras.ops.convert_to_tensor(g, "float32")
+    _, grad = _backend.value_and_input_gradient(
+        lambda v: keras.ops.sum(layer(v) * weights),
+        keras.ops.convert_to_tensor(x),
+    )
+    def channels_last(a):
+        a = np.asarray(a, np.float64)
+        return a.transpose(0, 2, 3, 1) if data_format == CF else a
+
+    x_last = channels_last(x)
+    spread = channels_last(g / y).repeat(pool_size[0], axis=1)
+    spread = spread.repeat(pool_size[1], axis=2)
+    expected = np.zeros_like(x_last)
+    h, w = spread.shape[1:3]
+    expected[:, :h, :w] = x_last[:, :h, :w] * spread
+    np.testing.assert_allclose(
+        helpers.to_numpy(grad),
+        to_format(expected, data_format),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("data_format", [CL, CF])
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_global_pooling_matches_numpy(data_format, keepdims):
     x = random_input((2,) + image_shape(3, 5, 4, data_format))

@@ -25,6 +25,7 @@ import math
 import keras
 from keras import ops
 
+from keras_lipschitz import _backend
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers import _validation
 
@@ -51,6 +52,42 @@ def _validate_valid_padding(padding):
 
 def _spatial_axes(data_format):
     return (1, 2) if data_format == "channels_last" else (2, 3)
+
+
+def _window_sum_by_slices(x, pool_size, data_format):
+    """Window sums of a 4D tensor with static spatial sizes, by slicing.
+
+    The width windows become `p_w` interleaved slices of a reshaped last
+    (or width) axis and the height windows `p_h` slices of a new axis; the
+    sums are element-wise adds, whose backward is cheap on every backend
+    (unlike a reduction over two non-adjacent axes).
+    """
+    p_h, p_w = pool_size
+    if data_format == "channels_last":
+        _, h, w, c = x.shape
+        h_out, w_out = h // p_h, w // p_w
+        x = x[:, : h_out * p_h, : w_out * p_w, :]
+        rows = ops.reshape(x, (-1, h_out * p_h, w_out, p_w * c))
+        total = rows[..., :c]
+        for k in range(1, p_w):
+            total = total + rows[..., k * c : (k + 1) * c]
+        columns = ops.reshape(total, (-1, h_out, p_h, w_out, c))
+        total = columns[:, :, 0]
+        for k in range(1, p_h):
+            total = total + columns[:, :, k]
+        return total
+    _, c, h, w = x.shape
+    h_out, w_out = h // p_h, w // p_w
+    x = x[:, :, : h_out * p_h, : w_out * p_w]
+    rows = ops.reshape(x, (-1, c, h_out * p_h, w_out, p_w))
+    total = rows[..., 0]
+    for k in range(1, p_w):
+        total = total + rows[..., k]
+    columns = ops.reshape(total, (-1, c, h_out, p_h, w_out))
+    total = columns[:, :, :, 0]
+    for k in range(1, p_h):
+        total = total + columns[:, :, :, k]
+    return total
 
 
 def _validate_epsilon(epsilon):
@@ -102,13 +139,13 @@ class _ScaledWindowPooling2D(keras.layers.Layer):
         """Sum over each non-overlapping window ('valid': remainders dropped).
 
         Two formulations of the same sum, chosen for speed: Keras's torch
-        `average_pool` is about 3x slower than a reshape and a sum on CPU,
-        while on TensorFlow the pooling op is about 2x faster than the
-        reshape (see benchmarks/README.md).
+        `average_pool` (a transpose to NCHW and back around the pooling op)
+        is about 3x slower than adding strided slices on CPU, while on
+        TensorFlow and JAX the pooling op is the fastest (see
+        benchmarks/README.md).
         """
-        (p_h, p_w), axes = self.pool_size, _spatial_axes(self.data_format)
-        h, w = (x.shape[a] for a in axes)
-        if keras.config.backend() != "torch" or h is None or w is None:
+        h, w = (x.shape[a] for a in _spatial_axes(self.data_format))
+        if not _backend.runs_eagerly() or h is None or w is None:
             return ops.multiply(
                 ops.average_pool(
                     x,
@@ -119,14 +156,41 @@ class _ScaledWindowPooling2D(keras.layers.Layer):
                 ),
                 ops.cast(self._window_size, x.dtype),
             )
+        return _window_sum_by_slices(x, self.pool_size, self.data_format)
+
+    def _broadcast_windows(self, x, values):
+        """`x * values` with each output value spread over its window.
+
+        Needs static spatial and channel sizes. `values` has the pooled
+        shape; entries of `x` dropped by 'valid' pooling (remainder rows
+        and columns) get 0. This is the backward pass of window pooling, as
+        one broadcast multiply instead of an upsampling.
+        """
+        p_h, p_w = self.pool_size
+        if self.data_format == "channels_last":
+            _, h, w, c = x.shape
+        else:
+            _, c, h, w = x.shape
         h_out, w_out = h // p_h, w // p_w
         if self.data_format == "channels_last":
-            x = x[:, : h_out * p_h, : w_out * p_w, :]
-            x = ops.reshape(x, (-1, h_out, p_h, w_out, p_w, x.shape[-1]))
-            return ops.sum(x, axis=(2, 4))
-        x = x[:, :, : h_out * p_h, : w_out * p_w]
-        x = ops.reshape(x, (-1, x.shape[1], h_out, p_h, w_out, p_w))
-        return ops.sum(x, axis=(3, 5))
+            cropped = x[:, : h_out * p_h, : w_out * p_w, :]
+            windows = (-1, h_out, p_h, w_out, p_w, c)
+            spread = (-1, h_out, 1, w_out, 1, c)
+            pad = [[0, 0], [0, h - h_out * p_h], [0, w - w_out * p_w], [0, 0]]
+        else:
+            cropped = x[:, :, : h_out * p_h, : w_out * p_w]
+            windows = (-1, c, h_out, p_h, w_out, p_w)
+            spread = (-1, c, h_out, 1, w_out, 1)
+            pad = [[0, 0], [0, 0], [0, h - h_out * p_h], [0, w - w_out * p_w]]
+        product = ops.reshape(
+            ops.multiply(
+                ops.reshape(cropped, windows), ops.reshape(values, spread)
+            ),
+            (-1,) + tuple(cropped.shape[1:]),
+        )
+        if h_out * p_h == h and w_out * p_w == w:
+            return product
+        return ops.pad(product, pad)
 
     def compute_output_shape(self, input_shape):
         output_shape = list(input_shape)
@@ -274,9 +338,39 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
 
     def call(self, inputs):
         x = _to_float32_if_half(inputs)
-        window_sum = self._window_sum(ops.square(x))
-        outputs = ops.sqrt(ops.add(window_sum, self.epsilon))
+        # The fused gradient reshapes with static sizes; compiled backends
+        # fuse the autodiff gradient themselves (no faster by hand).
+        if None in x.shape[1:] or not _backend.runs_eagerly():
+            outputs = self._l2_norms(x)
+        else:
+            outputs = self._l2_norms_fused_gradient(x)
         return ops.cast(outputs, inputs.dtype)
+
+    def _l2_norms(self, x):
+        window_sum = self._window_sum(ops.square(x))
+        return ops.sqrt(ops.add(window_sum, self.epsilon))
+
+    def _l2_norms_fused_gradient(self, x):
+        """`_l2_norms` with its gradient $x \\cdot g/y$ in one multiply.
+
+        The gradient of $y = \\sqrt{\\sum_\\Omega x^2 + \\varepsilon}$ is
+        $x\\,g/y$ over each window; eager autodiff goes through the square,
+        the window sum and the square root instead (2-3x slower on torch
+        CPU).
+        """
+
+        @ops.custom_gradient
+        def l2_norms(x):
+            y = self._l2_norms(x)
+
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                return self._broadcast_windows(x, upstream / y)
+
+            return y, grad
+
+        return l2_norms(x)
 
     def get_config(self):
         config = super().get_config()
