@@ -112,3 +112,17 @@ def validate_activation(activation):
             f"Lipschitz constant). Received: activation={activation!r}"
         )
     return fn, ACTIVATION_LIPSCHITZ[name]
+
+
+def validate_bjorck_beta(value):
+    """The step β of $W \\leftarrow (1+\\beta)W - \\beta WW^TW$, in (0, 0.5]."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0.0 < value <= 0.5
+    ):
+        raise ValueError(
+            "`bjorck_beta` must be a number in (0, 0.5]. "
+            f"Received: bjorck_beta={value!r}"
+        )
+    return float(value)

@@ -622,16 +622,7 @@ class BjorckConv2D(_LipschitzConv2D):
         self.bjorck_iterations = _validation.validate_positive_int(
             "bjorck_iterations", bjorck_iterations
         )
-        if (
-            isinstance(bjorck_beta, bool)
-            or not isinstance(bjorck_beta, (int, float))
-            or not 0.0 < bjorck_beta <= 0.5
-        ):
-            raise ValueError(
-                "`bjorck_beta` must be a number in (0, 0.5]. "
-                f"Received: bjorck_beta={bjorck_beta!r}"
-            )
-        self.bjorck_beta = float(bjorck_beta)
+        self.bjorck_beta = _validation.validate_bjorck_beta(bjorck_beta)
         self.eval_gram_iterations = _validation.validate_positive_int(
             "eval_gram_iterations", eval_gram_iterations
         )

@@ -282,16 +282,7 @@ class BjorckDense(_PowerIterationDense):
         self.bjorck_iterations = _validation.validate_positive_int(
             "bjorck_iterations", bjorck_iterations
         )
-        if (
-            isinstance(bjorck_beta, bool)
-            or not isinstance(bjorck_beta, (int, float))
-            or not 0.0 < bjorck_beta <= 0.5
-        ):
-            raise ValueError(
-                "`bjorck_beta` must be a number in (0, 0.5]. "
-                f"Received: bjorck_beta={bjorck_beta!r}"
-            )
-        self.bjorck_beta = float(bjorck_beta)
+        self.bjorck_beta = _validation.validate_bjorck_beta(bjorck_beta)
 
     def _constrain(self, kernel, training):
         scaled = kernel / self._sigma(kernel, training)
