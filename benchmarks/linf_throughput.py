@@ -18,11 +18,23 @@ subprocess (`KERAS_BACKEND` set before Keras is imported):
   the issue, a 5120-unit layer on 512×5120 inputs, needs about 54 GB per
   broadcast tensor in the naive form, so the naive row is measured at a
   smaller size only.
+- **Full-size training step** (`--full-memory`, the issue's memory goal:
+  "a layer of 5120 units on a batch of 512 × 5120 inputs must train
+  within 4 GiB of peak memory on CPU"): one fresh process per backend,
+  run one after another, builds exactly one `LinfDistDense(5120)` (p = 8)
+  in a model, compiles it with Adam and runs one `train_on_batch` on a
+  512×5120 batch (forward, backward and optimizer update; the first call
+  also compiles). Reported: the process's peak RSS (`ru_maxrss`, imports
+  and framework included) and its increase over the RSS just before the
+  step. The naive broadcast is not run at this size: its $(B, D, N)$
+  difference tensor alone is $512\cdot5120\cdot5120\cdot4$ B = 53.7 GB
+  (50 GiB), and autodiff keeps several such tensors for the backward, so
+  the reference column is that analytic lower bound.
 
 Usage:
 
     python benchmarks/linf_throughput.py --quick --json linf.json
-    python benchmarks/linf_throughput.py --backends jax --memory-full
+    python benchmarks/linf_throughput.py --full-memory --json linf_full.json
 
 Rows follow the benchmarks' JSON convention (`ratio` = ours / naive for
 throughput, ours / naive for memory).
@@ -118,6 +130,35 @@ def _child_memory(args):
             "step_mib": peak - before, "seconds": elapsed}
 
 
+def _child_full_memory(args):
+    """One training step of one LinfDistDense(width) on (batch, dim)."""
+    import resource
+
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, REPO_ROOT)
+    from keras_lipschitz.layers import LinfDistDense
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(args.batch_size, args.dim)).astype("float32")
+    y = rng.normal(size=(args.batch_size, args.width)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((args.dim,)),
+         LinfDistDense(args.width, p=8.0, chunk_size=args.chunk_size)]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    before = _rss_mib()
+    start = time.perf_counter()
+    loss = model.train_on_batch(x, y)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"peak_mib": peak, "before_mib": before,
+            "step_mib": peak - before, "seconds": elapsed,
+            "loss": float(loss)}
+
+
 def _run_child(backend, extra, timeout):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, os.path.abspath(__file__), "--child"] + extra
@@ -142,13 +183,46 @@ def _row(benchmark, backend, metric, unit, ours, ref, notes):
             "ratio": ratio, "notes": notes}
 
 
+def _full_memory_rows(args):
+    batch, dim, width = 512, 5120, 5120
+    naive_bytes = batch * dim * width * 4
+    rows = []
+    for backend in args.backends.split(","):
+        full = _run_child(backend, [
+            "--task", "full", "--batch-size", str(batch), "--dim", str(dim),
+            "--width", str(width), "--chunk-size", str(args.chunk_size),
+        ], args.timeout)
+        print(backend, "full-size train step", full, flush=True)
+        peak = full.get("peak_mib")
+        rows.append({
+            "benchmark": "linf_memory_full", "backend": backend,
+            "metric": "train step peak RSS", "unit": "MiB", "ours": peak,
+            "reference": naive_bytes / 2**20,
+            "reference_name": "naive broadcast: one (B, D, N) float32 "
+                              "tensor, analytic (not run)",
+            "ratio": None if peak is None else peak / (naive_bytes / 2**20),
+            "notes": (
+                f"one LinfDistDense({width}), batch {batch} x {dim}, p = 8, "
+                f"chunk {args.chunk_size}, Adam, one train_on_batch "
+                f"(includes compilation) in a fresh process; peak RSS "
+                f"includes imports; increase over pre-step RSS "
+                f"{full.get('step_mib')} MiB; step {full.get('seconds')} s; "
+                f"goal < 4096 MiB; naive = {naive_bytes / 1e9:.1f} GB per "
+                f"broadcast tensor (lower bound); {full.get('error', '')}"
+            ).strip("; "),
+        })
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--memory-full", action="store_true",
-                        help="also measure ours at 512x5120 -> 5120")
+    parser.add_argument("--full-memory", "--memory-full",
+                        dest="full_memory", action="store_true",
+                        help="only measure one training step of one "
+                             "LinfDistDense(5120) on 512x5120 per backend")
     parser.add_argument("--timeout", type=int, default=1800)
     # Child-process options.
     parser.add_argument("--child", action="store_true")
@@ -163,8 +237,18 @@ def main():
     args = parser.parse_args()
 
     if args.child:
-        task = _child_memory if args.task == "memory" else _child_throughput
+        task = {"memory": _child_memory, "full": _child_full_memory}.get(
+            args.task, _child_throughput)
         print("RESULT " + json.dumps(task(args)), flush=True)
+        return
+
+    if args.full_memory:
+        rows = _full_memory_rows(args)
+        for row in rows:
+            print(json.dumps(row))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
         return
 
     if args.quick:
@@ -209,18 +293,6 @@ def main():
             f"-> {memory['width']}, p = 8; peak RSS "
             f"{mem['ours'].get('peak_mib')} vs "
             f"{mem['naive'].get('peak_mib')} MiB"))
-        if args.memory_full:
-            full = _run_child(backend, [
-                "--task", "memory", "--impl", "ours", "--batch-size", "512",
-                "--dim", "5120", "--width", "5120",
-            ], args.timeout)
-            print(backend, "memory full", full, flush=True)
-            rows.append(_row(
-                "linf_memory_full", backend, "train step peak RSS", "MiB",
-                full.get("peak_mib"), None,
-                f"one layer, 512 x 5120 -> 5120, p = 8 (naive: ~54 GB per "
-                f"broadcast tensor, not run); step "
-                f"{full.get('seconds')} s; {full.get('error', '')}"))
     for row in rows:
         print(json.dumps(row))
     if args.json:

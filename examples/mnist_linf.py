@@ -11,7 +11,9 @@ radius is (z_y - max_{j != y} z_j) / 2 (`certify(..., norm="linf")`).
 
 Training follows the official MNIST recipe, compressed in time: the
 clipped-hinge + λ·cross-entropy loss (`LinfDistHinge`, ε_train = 0.45 for
-ε = 0.3, λ decayed log-linearly per epoch from 0.05 to 2e-4), Adam
+ε = 0.3, λ decayed log-linearly per epoch from 0.05 to 2e-4, with the
+learned cross-entropy scale s of the official `scalar=True`, held by a
+`LogitScale` identity layer, so certificates use the unscaled logits), Adam
 (β = 0.9, 0.99, eps 1e-10) with a cosine learning rate from 0.03, and
 p raised per minibatch from 8 to 1000 over the first `--p-fraction` of
 the epochs, then p = inf (the paper: epochs 25 to 400 of 450). Before
@@ -72,7 +74,7 @@ def main():
 
     model = linf_dist_net(
         (28, 28, 1), 10, depth=depth, width=width, neuron=args.neuron,
-        q=args.q, seed=args.seed,
+        q=args.q, seed=args.seed, learned_scale=True,
     )
     steps = epochs * math.ceil(len(x_train) / args.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, steps)
@@ -81,7 +83,8 @@ def main():
         optimizer=keras.optimizers.Adam(
             schedule, beta_1=0.9, beta_2=0.99, epsilon=1e-10
         ),
-        loss=LinfDistHinge(epsilon=args.eps_train, ce_weight=0.05),
+        loss=LinfDistHinge(epsilon=args.eps_train, ce_weight=0.05,
+                           scale=model.get_layer("logit_scale")),
         metrics=[
             "accuracy",
             keras_lipschitz.metrics.CertifiedAccuracy(

@@ -1,7 +1,8 @@
 """The library's single backend dispatch point.
 
 Only what `keras.ops` cannot express lives here: input gradients, used by
-attacks and empirical Lipschitz estimates, cross-replica sums, and whether
+attacks and empirical Lipschitz estimates, cross-replica sums, loops whose
+iterations must not overlap (memory of the chunked ℓ∞ layers), and whether
 the backend runs eagerly (which picks the faster of two formulations of
 the same maths). Backends are imported lazily, inside the functions.
 """
@@ -17,6 +18,45 @@ def runs_eagerly():
     and JAX compile the training step and fuse those ops themselves.
     """
     return keras.config.backend() == "torch"
+
+
+def sequential_fori_loop(lower, upper, body, init):
+    """`keras.ops.fori_loop` whose iterations never overlap.
+
+    TensorFlow's graph executor runs up to 10 iterations of a while loop
+    at once (`parallel_iterations=10`) whenever their ops do not depend on
+    the carry; for the chunked ℓ∞ distances that keeps 10 chunks' large
+    temporaries alive (GBs at width 5120). Here TensorFlow runs one
+    iteration at a time; other backends already do.
+    """
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.while_loop(
+            lambda i, value: i < upper,
+            lambda i, value: (i + 1, body(i, value)),
+            (lower, init),
+            parallel_iterations=1,
+        )[1]
+    return keras.ops.fori_loop(lower, upper, body, init)
+
+
+def sequential_map(f, xs):
+    """`keras.ops.map` over the leading axis, one element at a time.
+
+    Same reason as `sequential_fori_loop`: `tf.map_fn` otherwise runs 10
+    elements at once in graph mode. JAX's `lax.map` and torch already run
+    one at a time.
+    """
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        first = tf.nest.map_structure(lambda x: x[0], xs)
+        signature = tf.nest.map_structure(tf.TensorSpec.from_tensor, f(first))
+        return tf.map_fn(
+            f, xs, fn_output_signature=signature, parallel_iterations=1
+        )
+    return keras.ops.map(f, xs)
 
 
 def value_and_input_gradient(fn, x):

@@ -1176,15 +1176,15 @@ def linf_dist_hinge(y_true, y_pred, epsilon, ce_weight=0.05, scale=1.0):
     uses (larger is better); for the papers' nets built by
     `keras_lipschitz.models.linf_dist_net` they are $z = -y_{\\text{last}}$
     (the last layer has `negate=True`). $s$ (`scale`) only enters the
-    cross-entropy, never the hinge or the certificate; the paper learns it,
-    here it is a fixed hyper-parameter.
+    cross-entropy, never the hinge or the certificate; the papers learn it
+    (see `LinfDistHinge` and `keras_lipschitz.layers.LogitScale`).
 
     Args:
         y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
         y_pred: logits `(B, C)`.
         epsilon: float > 0, $\\varepsilon_{\\text{train}}$.
         ce_weight: float >= 0, $\\lambda$.
-        scale: float > 0, $s$.
+        scale: float > 0, or a scalar tensor (a learned $s$, used as is).
 
     Returns:
         Tensor of shape `(B,)`.
@@ -1199,7 +1199,8 @@ def linf_dist_hinge(y_true, y_pred, epsilon, ce_weight=0.05, scale=1.0):
     """
     epsilon = _validate_positive("epsilon", epsilon)
     ce_weight = _validate_nonnegative("ce_weight", ce_weight)
-    scale = _validate_positive("scale", scale)
+    if _is_real(scale):
+        scale = _validate_positive("scale", scale)
     one_hot, y_pred = multiclass_labels(y_true, y_pred)
     z_true = ops.sum(one_hot * y_pred, axis=-1)
     z_other = ops.max(ops.where(one_hot > 0, float("-inf"), y_pred), axis=-1)
@@ -1210,6 +1211,21 @@ def linf_dist_hinge(y_true, y_pred, epsilon, ce_weight=0.05, scale=1.0):
         one_hot, scale * y_pred, from_logits=True
     )
     return hinge + ce_weight * ce
+
+
+def _validate_linf_scale(name, value):
+    """A float > 0, or a `LogitScale` layer (its learned scale)."""
+    from keras_lipschitz.layers.linf import LogitScale
+
+    if isinstance(value, LogitScale):
+        return value
+    if not _is_real(value):
+        raise ValueError(
+            f"`{name}` must be a finite number > 0 or a "
+            "keras_lipschitz.layers.LogitScale layer. "
+            f"Received: {name}={value!r}"
+        )
+    return _validate_positive(name, value)
 
 
 @keras_lipschitz_export
@@ -1227,11 +1243,25 @@ class LinfDistHinge(_LipschitzLoss):
     changes during `fit` on every backend (per epoch is cheap: each change
     retraces the compiled step once).
 
+    **Learned scale.** In the official code $s$ is a learned scalar
+    (zbh2047/L_inf-dist-net-v2, `MLPModel(scalar=True)` in every command,
+    Adam learning rate 0.006; zbh2047/SortNet likewise). Pass
+    `scale=layer`, the `keras_lipschitz.layers.LogitScale` layer of the
+    model (`linf_dist_net(..., learned_scale=True)` adds one, named
+    `"logit_scale"`): the loss then reads the layer's trainable $s$ in each
+    training step. The layer is an identity, so the model still outputs
+    $z$, and the hinge, the predictions and the certificates (radius
+    $M/2$ on $z$) never see $s$: certification stays sound whatever $s$
+    becomes. A saved compile config records the value of $s$ at saving
+    time as a float; after loading, pass the loaded model's layer again to
+    keep learning it.
+
     Args:
         epsilon: float > 0, $\\varepsilon_{\\text{train}}$ (MNIST at
             $\\varepsilon = 0.3$: 0.45).
         ce_weight: float >= 0, $\\lambda$.
-        scale: float > 0, $s$, the logit scale inside the cross-entropy.
+        scale: float > 0 (a fixed $s$), or a `LogitScale` layer (a learned
+            $s$), the logit scale inside the cross-entropy.
         reduction: Keras loss reduction.
         name: loss name.
         dtype: dtype of the loss computations.
@@ -1248,7 +1278,7 @@ class LinfDistHinge(_LipschitzLoss):
     _HYPERPARAMETERS = {
         "epsilon": _validate_positive,
         "ce_weight": _validate_nonnegative,
-        "scale": _validate_positive,
+        "scale": _validate_linf_scale,
     }
 
     def __init__(
@@ -1266,13 +1296,24 @@ class LinfDistHinge(_LipschitzLoss):
         self.scale = scale
 
     def call(self, y_true, y_pred):
+        scale = self.scale
+        if not _is_real(scale):
+            scale = scale.scale  # the LogitScale layer's current s
         return linf_dist_hinge(
             y_true,
             y_pred,
             epsilon=self.epsilon,
             ce_weight=self.ce_weight,
-            scale=self.scale,
+            scale=scale,
         )
+
+    def get_config(self):
+        config = super().get_config()
+        if not _is_real(self.scale):
+            config["scale"] = float(
+                ops.convert_to_numpy(self.scale.scale)
+            )
+        return config
 
 
 # --------------------------------------------------------------------------

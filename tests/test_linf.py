@@ -11,6 +11,7 @@ from keras_lipschitz.attacks import pgd_linf
 from keras_lipschitz.callbacks import PNormScheduler
 from keras_lipschitz.callbacks import p_norm_schedule
 from keras_lipschitz.layers import LinfDistDense
+from keras_lipschitz.layers import LogitScale
 from keras_lipschitz.layers import SortNetDense
 from keras_lipschitz.layers import linf
 from keras_lipschitz.linf_certification import split_linf_model
@@ -210,6 +211,127 @@ def test_sortnet_dense():
     assert len(SortNetDense(2, truncate=10).sorted_weights(3)) == 3
 
 
+def masked_naive(x, kernel, keep, p):
+    """The masked distance by a full broadcast (autodiff reference)."""
+    z = ops.abs(ops.expand_dims(x, -1) - ops.expand_dims(kernel, 0))
+    z = z * ops.expand_dims(ops.convert_to_tensor(keep, "float32"), -1)
+    if np.isinf(p):
+        return ops.max(z, axis=1)
+    return ops.power(ops.sum(ops.power(z, p), axis=1), 1.0 / p)
+
+
+def test_keep_masks_are_per_group_of_32():
+    """The official sampling: one count, one uniform subset per 32 samples."""
+    dim = 40
+    keep = to_numpy(linf.sample_keep_masks(70, dim, 0.6, seed=1))
+    assert keep.shape == (70, dim) and set(np.unique(keep)) <= {0.0, 1.0}
+    groups = [keep[0:32], keep[32:64], keep[64:70]]  # last group: 6 rows
+    for group in groups:
+        assert (group == group[0]).all()
+    # One count per call, shared by the groups; different subsets.
+    assert len({row.sum() for row in keep}) == 1
+    rows = [g[0] for g in groups]
+    assert not any(
+        np.array_equal(rows[i], rows[j]) for i in range(3) for j in range(i)
+    )
+    assert to_numpy(linf.sample_keep_masks(5, dim, 1.0, seed=1)).all()
+    # The layer uses them: identical samples get identical outputs inside
+    # a group, and the two groups of a batch of 64 differ.
+    layer = SortNetDense(8, q=0.6, mean_shift=False, chunk_size=7, seed=2)
+    x = np.repeat(np.random.default_rng(0).normal(size=(1, 12)), 64, axis=0)
+    layer.build((None, 12))
+    layer.set_p(INF)
+    y = to_numpy(layer(x.astype("float32"), training=True))
+    assert (y[:32] == y[0]).all() and (y[32:] == y[32]).all()
+    assert not np.array_equal(y[0], y[32])
+
+
+@pytest.mark.parametrize("p, chunk_size", [(2.5, 5), (INF, 1)])
+def test_masked_distances_values_and_gradients(p, chunk_size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 12)).astype("float32")
+    kernel = rng.normal(size=(12, 3)).astype("float32")
+    keep = to_numpy(linf.sample_keep_masks(40, 12, 0.5, seed=4))
+    ours = lambda a, b: linf.pnorm_distances(a, b, p, chunk_size, keep=keep)
+    naive = lambda a, b: masked_naive(a, b, keep, p)
+    np.testing.assert_allclose(
+        to_numpy(ours(x, kernel)), to_numpy(naive(x, kernel)), rtol=1e-5
+    )
+    for a, b in zip(gradients(ours, x, kernel), gradients(naive, x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sortnet_training_mean_is_the_order_statistic_neuron():
+    """E over the random subsets = sum_k q(1-q)^(k-1)|z|_(k) (p = inf).
+
+    Each call draws one count and 64 group subsets; calls are independent,
+    so the standard error comes from the spread of the per-call means.
+    """
+    q, dim, calls, group = 0.7, 12, 20, 32
+    rng = np.random.default_rng(0)
+    layer = SortNetDense(
+        8, q=q, truncate=dim, mean_shift=False, identity_value=None,
+        chunk_size=4, seed=0,
+    )
+    layer.build((None, dim))
+    layer.set_p(INF)
+    x0 = rng.normal(size=(1, dim)).astype("float32")
+    batch = np.repeat(x0, 64 * group, axis=0)
+    per_call = np.stack(
+        [to_numpy(layer(batch, training=True))[::group].mean(0)
+         for _ in range(calls)]
+    )
+    mean = per_call.mean(0)
+    stderr = per_call.std(0, ddof=1) / np.sqrt(calls)
+    kernel = to_numpy(layer.kernel).astype(np.float64)
+    ordered = -np.sort(-np.abs(x0.T - kernel), axis=0)  # (D, N)
+    expected = np.einsum("kn,k->n", ordered, q * (1 - q) ** np.arange(dim))
+    deterministic = to_numpy(layer(x0, training=False))[0]
+    # The deterministic neuron is the same sum renormalized by
+    # 1 - (1 - q)^K: an exact, tiny gap.
+    gap = np.abs(deterministic - expected)
+    np.testing.assert_allclose(gap, expected * (1 - q) ** dim, rtol=1e-4,
+                               atol=1e-6)
+    assert np.all(stderr > 0)
+    assert np.all(np.abs(mean - deterministic) <= 5 * stderr + gap + 1e-6)
+    # Resolving power: the keep/drop probabilities swapped would be caught.
+    swapped = np.einsum("kn,k->n", ordered, (1 - q) * q ** np.arange(dim))
+    assert np.all(np.abs(swapped - expected) > 10 * stderr)
+
+
+def test_sortnet_training_is_1_lipschitz_with_fixed_subsets():
+    """Training mode at p = inf with the same random subsets (same seed
+    state) for x and x': every output moves by at most ||x - x'||_inf."""
+    rng = np.random.default_rng(1)
+    dim = 10
+    layer = SortNetDense(
+        6, q=0.6, mean_shift=False, use_bias=True, chunk_size=4, seed=5
+    )
+    layer.build((None, dim))
+    layer.set_p(INF)
+    for moved in (False, True):
+        if moved:
+            layer.kernel.assign(3.0 * rng.normal(size=(dim, 6)))
+            layer.bias.assign(rng.normal(size=(6,)))
+        x = rng.normal(size=(96, dim)).astype("float32")
+        radius = np.exp(rng.uniform(-5, 1, size=(96, 1)))
+        x2 = (x + radius * rng.uniform(-1, 1, size=x.shape)).astype("float32")
+        state = to_numpy(layer.seed_generator.state)
+        fx = to_numpy(layer(x, training=True))
+        layer.seed_generator.state.assign(state)
+        fx_again = to_numpy(layer(x, training=True))
+        layer.seed_generator.state.assign(state)
+        fx2 = to_numpy(layer(x2, training=True))
+        np.testing.assert_array_equal(fx, fx_again)  # same subsets
+        # The subsets are active: training differs from inference.
+        assert np.abs(fx - to_numpy(layer(x, training=False))).max() > 1e-3
+        change = np.abs(fx - fx2).max(axis=1)
+        distance = np.abs(x.astype(np.float64) - x2).max(axis=1)
+        rounding = 4 * np.finfo(np.float32).eps * np.abs(fx).max(axis=1)
+        assert np.all(change <= distance + rounding)
+        assert (change / distance).max() > 0.5
+
+
 @pytest.mark.parametrize("cls", [LinfDistDense, SortNetDense])
 def test_each_output_is_1_lipschitz_in_linf(cls):
     rng = np.random.default_rng(0)
@@ -272,6 +394,12 @@ def test_bad_arguments():
         LinfDistDense(3, chunk_size=0)
     with pytest.raises(ValueError, match="`truncate`"):
         SortNetDense(3, truncate=0)
+    with pytest.raises(ValueError, match="`group_size`"):
+        SortNetDense(3, group_size=0)
+    with pytest.raises(ValueError, match="`lr_multiplier`"):
+        LogitScale(lr_multiplier=0.0)
+    with pytest.raises(ValueError, match="`scale`.*LogitScale"):
+        LinfDistHinge(0.3, scale="learned")
     for cls in (LinfDistDense, SortNetDense):
         with pytest.raises(ValueError, match="[Ff]latten"):
             cls(3).build((None, 4, 4))
@@ -288,10 +416,12 @@ def test_config_and_save_load(tmp_path):
             keras.Input((4, 3)),
             keras.layers.Flatten(),
             LinfDistDense(8, p=4.0, chunk_size=5),
-            SortNetDense(6, q=0.8, truncate=3, seed=3),
+            SortNetDense(6, q=0.8, truncate=3, seed=3, group_size=4),
             LinfDistDense(3, mean_shift=False, use_bias=True, negate=True),
+            LogitScale(lr_multiplier=0.5),
         ]
     )
+    model.layers[-1].raw_scale.assign(3.0)
     x = rng.normal(size=(16, 4, 3)).astype("float32")
     model(x, training=True)  # moves the running means
     model.layers[1].set_p(123.0)
@@ -305,6 +435,8 @@ def test_config_and_save_load(tmp_path):
         rtol=1e-6,
     )
     assert loaded.layers[1].current_p == 123.0
+    assert loaded.layers[2].group_size == 4
+    assert float(to_numpy(loaded.layers[-1].scale)) == 1.5
     np.testing.assert_array_equal(
         to_numpy(loaded.layers[1].running_mean),
         to_numpy(model.layers[1].running_mean),
@@ -443,6 +575,60 @@ def test_loss_matches_numpy_and_schedules():
         [1.0 + np.log(2.0), 1.0 + 0.01 * np.log(2.0)],
         rtol=1e-5,
     )
+
+
+def test_learned_logit_scale():
+    """The papers' learned s: only in the CE term, moved by the optimizer
+    at lr_multiplier x the learning rate, never in outputs."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    labels = rng.integers(0, 2, size=8)
+    scale = LogitScale()  # m = 0.2, s = 1
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            LinfDistDense(
+                2, p=INF, mean_shift=False, use_bias=True, negate=True
+            ),
+            scale,
+        ]
+    )
+    z = to_numpy(model.layers[0](x, training=False))
+    np.testing.assert_array_equal(to_numpy(model(x, training=False)), z)
+    scale.raw_scale.assign(2.5 / 0.2)  # s = 2.5
+    loss = LinfDistHinge(epsilon=0.3, ce_weight=1.0, scale=scale)
+    np.testing.assert_allclose(
+        to_numpy(loss(labels, z)),
+        np_linf_loss(labels, z, 0.3, 1.0, 2.5).mean(),
+        rtol=1e-5,
+    )
+    assert loss.get_config()["scale"] == pytest.approx(2.5)
+    # One Adam step moves s by m * lr (Adam's first step is lr * sign(g)).
+    scale.raw_scale.assign(1.0 / 0.2)
+    model.compile(
+        keras.optimizers.Adam(0.03, epsilon=1e-10), loss, jit_compile=JIT
+    )
+    history = model.fit(x, labels, batch_size=8, epochs=1, verbose=0)
+    np.testing.assert_allclose(
+        history.history["loss"][0],
+        np_linf_loss(labels, z, 0.3, 1.0, 1.0).mean(),
+        rtol=1e-5,
+    )
+    step = abs(float(to_numpy(scale.scale)) - 1.0)
+    np.testing.assert_allclose(step, 0.2 * 0.03, rtol=1e-3)
+    # Certificates use z: the same radii whatever s.
+    radius = kl.certify(model, x, labels, norm="linf")
+    scale.raw_scale.assign(-40.0)
+    np.testing.assert_array_equal(
+        kl.certify(model, x, labels, norm="linf"), radius
+    )
+    z = to_numpy(model.layers[0](x, training=False))
+    top2 = np.sort(z, axis=1)
+    expected = np.where(
+        z.argmax(1) == labels, (top2[:, -1] - top2[:, -2]) / 2, 0.0
+    )
+    np.testing.assert_allclose(np.maximum(radius, 0), expected, rtol=1e-5,
+                               atol=1e-6)
 
 
 # --------------------------------------------------------------------------

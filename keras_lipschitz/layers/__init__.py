@@ -10,6 +10,7 @@ from keras_lipschitz.layers.dense import BjorckDense
 from keras_lipschitz.layers.dense import FrobeniusDense
 from keras_lipschitz.layers.dense import SpectralDense
 from keras_lipschitz.layers.linf import LinfDistDense
+from keras_lipschitz.layers.linf import LogitScale
 from keras_lipschitz.layers.linf import SortNetDense
 from keras_lipschitz.layers.heads import CRCLipHead
 from keras_lipschitz.layers.pooling import InvertibleDownSampling
@@ -33,6 +34,7 @@ __all__ = [
     "InvertibleDownSampling",
     "LinfDistDense",
     "LipPool",
+    "LogitScale",
     "ScaledAveragePooling2D",
     "ScaledGlobalAveragePooling2D",
     "ScaledGlobalL2NormPooling2D",

@@ -26,6 +26,7 @@ import numbers
 import keras
 from keras import ops
 
+from keras_lipschitz import _backend
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers import _validation
 
@@ -93,18 +94,31 @@ def _chunks(x, kernel, chunk_size):
     n = -(-dim // size)
     pad = n * size - dim
     if pad:
-        x = ops.pad(x, [[0, 0], [0, pad]])
         kernel = ops.pad(kernel, [[0, pad], [0, 0]])
-    x_chunks = ops.transpose(ops.reshape(x, (-1, n, size)), (1, 0, 2))
     kernel_chunks = ops.reshape(kernel, (n, size, kernel.shape[1]))
-    return x_chunks, kernel_chunks, n
+    return _row_chunks(x, n, size), kernel_chunks, n
 
 
-def _abs_diff(x_chunk, kernel_chunk):
-    """|x - w| for one chunk: `(B, c)` and `(c, N)` -> `(B, c, N)`."""
-    return ops.abs(
+def _row_chunks(x, n, size):
+    """`(B, D)` -> `(n, B, size)`, zero-padding D up to `n * size`."""
+    pad = n * size - x.shape[-1]
+    if pad:
+        x = ops.pad(x, [[0, 0], [0, pad]])
+    return ops.transpose(ops.reshape(x, (-1, n, size)), (1, 0, 2))
+
+
+def _abs_diff(x_chunk, kernel_chunk, keep_chunk=None):
+    """|x - w| for one chunk: `(B, c)` and `(c, N)` -> `(B, c, N)`.
+
+    With `keep_chunk` (`(B, c)` of 0/1), dropped coordinates give 0, which
+    changes neither a maximum nor a p-sum of non-negative values.
+    """
+    a = ops.abs(
         ops.expand_dims(x_chunk, -1) - ops.expand_dims(kernel_chunk, 0)
     )
+    if keep_chunk is not None:
+        a = a * ops.expand_dims(keep_chunk, -1)
+    return a
 
 
 def _relative_power(a, m, p, p_is_inf):
@@ -125,11 +139,14 @@ def _safe(m):
     return ops.where(m > 0, m, ops.ones_like(m))
 
 
-def _pnorm_forward(x_chunks, kernel_chunks, n, p, p_is_inf):
+def _pnorm_forward(x_chunks, kernel_chunks, n, p, p_is_inf, keep_chunks=None):
     """Returns `(m, s)`: the max |x - w| and sum((|x - w| / m) ** p)."""
 
-    def reduce_chunk(x_chunk, kernel_chunk, m, s):
-        a = _abs_diff(x_chunk, kernel_chunk)
+    def keep(i):
+        return None if keep_chunks is None else keep_chunks[i]
+
+    def reduce_chunk(x_chunk, kernel_chunk, keep_chunk, m, s):
+        a = _abs_diff(x_chunk, kernel_chunk, keep_chunk)
         m_new = ops.maximum(m, ops.max(a, axis=1))
         # Online rescaling: the sum so far was relative to the old maximum.
         s = s * _relative_power(m, m_new, p, p_is_inf) + ops.sum(
@@ -138,28 +155,31 @@ def _pnorm_forward(x_chunks, kernel_chunks, n, p, p_is_inf):
         )
         return m_new, s
 
-    a0 = _abs_diff(x_chunks[0], kernel_chunks[0])
+    a0 = _abs_diff(x_chunks[0], kernel_chunks[0], keep(0))
     m = ops.max(a0, axis=1)
     s = ops.sum(
         _relative_power(a0, ops.expand_dims(m, 1), p, p_is_inf), axis=1
     )
     if n <= MAX_UNROLLED_CHUNKS:
         for i in range(1, n):
-            m, s = reduce_chunk(x_chunks[i], kernel_chunks[i], m, s)
+            m, s = reduce_chunk(x_chunks[i], kernel_chunks[i], keep(i), m, s)
         return m, s
 
     def body(i, state):
-        return reduce_chunk(x_chunks[i], kernel_chunks[i], *state)
+        return reduce_chunk(x_chunks[i], kernel_chunks[i], keep(i), *state)
 
-    return ops.fori_loop(1, n, body, (m, s))
+    return _backend.sequential_fori_loop(1, n, body, (m, s))
 
 
-def _pnorm_backward(x_chunks, kernel_chunks, y, s, upstream, p, p_is_inf):
+def _pnorm_backward(
+    x_chunks, kernel_chunks, y, s, upstream, p, p_is_inf, keep_chunks=None
+):
     """Gradients of `y = ||x - w||_p` w.r.t. x and w, chunk by chunk.
 
     d y / d z_k = sign(z_k) (|z_k| / y) ** (p - 1); at p = inf the
     gradient is shared equally by the tied maximal coordinates (there are
-    `s` of them), a valid subgradient.
+    `s` of them), a valid subgradient. Dropped coordinates (`keep` 0) get
+    no gradient.
     """
     safe_y = ops.expand_dims(y, 1)
     if p_is_inf:
@@ -170,27 +190,36 @@ def _pnorm_backward(x_chunks, kernel_chunks, y, s, upstream, p, p_is_inf):
     weight = ops.expand_dims(weight, 1)
 
     def chunk_gradients(chunk):
-        x_chunk, kernel_chunk = chunk
+        x_chunk, kernel_chunk = chunk[:2]
         z = ops.expand_dims(x_chunk, -1) - ops.expand_dims(kernel_chunk, 0)
+        a = ops.abs(z)
+        sign = ops.sign(z)
+        if keep_chunks is not None:
+            keep_chunk = ops.expand_dims(chunk[2], -1)
+            a = a * keep_chunk
+            sign = sign * keep_chunk
         factor = _relative_power(
-            ops.abs(z), safe_y, None if p_is_inf else p - 1.0, p_is_inf
+            a, safe_y, None if p_is_inf else p - 1.0, p_is_inf
         )
-        terms = ops.sign(z) * factor * weight  # (B, c, N)
+        terms = sign * factor * weight  # (B, c, N)
         return ops.sum(terms, axis=2), -ops.sum(terms, axis=0)
 
+    chunks = (x_chunks, kernel_chunks)
+    if keep_chunks is not None:
+        chunks = chunks + (keep_chunks,)
     if x_chunks.shape[0] <= MAX_UNROLLED_CHUNKS:
         parts = [
-            chunk_gradients((x_chunks[i], kernel_chunks[i]))
+            chunk_gradients(tuple(c[i] for c in chunks))
             for i in range(x_chunks.shape[0])
         ]
         return (
             ops.stack([part[0] for part in parts]),
             ops.stack([part[1] for part in parts]),
         )
-    return ops.map(chunk_gradients, (x_chunks, kernel_chunks))
+    return _backend.sequential_map(chunk_gradients, chunks)
 
 
-def pnorm_distances(x, kernel, p, chunk_size=DEFAULT_CHUNK_SIZE):
+def pnorm_distances(x, kernel, p, chunk_size=DEFAULT_CHUNK_SIZE, keep=None):
     """$y_{bi} = \\|x_b - w_i\\|_p$, chunked, with a recomputing backward.
 
     Numerically $\\|z\\|_p = m\\,\\|z/m\\|_p$ with $m = \\max_k |z_k|$,
@@ -204,6 +233,9 @@ def pnorm_distances(x, kernel, p, chunk_size=DEFAULT_CHUNK_SIZE):
             (for instance a non-trainable variable changed during training;
             it may hold `inf`).
         chunk_size: number of input coordinates reduced at once.
+        keep: None, or float32 `(B, D)` of 0/1: sample $b$ then uses only
+            its kept coordinates, $y_{bi} = \\|(x_b - w_i)_{S_b}\\|_p$
+            (0 if $S_b$ is empty). It gets no gradient.
 
     Returns:
         Tensor `(B, N)`.
@@ -216,12 +248,21 @@ def pnorm_distances(x, kernel, p, chunk_size=DEFAULT_CHUNK_SIZE):
         p_tensor = ops.convert_to_tensor(0.0, "float32")
     else:
         p_tensor = ops.cast(ops.convert_to_tensor(p), "float32")
+    inputs = [x, kernel, p_tensor]
+    if keep is not None:
+        inputs.append(ops.cast(keep, "float32"))
 
     @ops.custom_gradient
-    def distances(x, kernel, p_tensor):
+    def distances(*inputs):
+        x, kernel, p_tensor = inputs[:3]
         p_value = None if p_is_inf else p_tensor
         x_chunks, kernel_chunks, n = _chunks(x, kernel, chunk_size)
-        m, s = _pnorm_forward(x_chunks, kernel_chunks, n, p_value, p_is_inf)
+        keep_chunks = None
+        if len(inputs) == 4:
+            keep_chunks = _row_chunks(inputs[3], n, x_chunks.shape[2])
+        m, s = _pnorm_forward(
+            x_chunks, kernel_chunks, n, p_value, p_is_inf, keep_chunks
+        )
         if p_is_inf:
             y = m
         else:
@@ -231,18 +272,28 @@ def pnorm_distances(x, kernel, p, chunk_size=DEFAULT_CHUNK_SIZE):
             if upstream is None:
                 (upstream,) = args
             grad_x, grad_kernel = _pnorm_backward(
-                x_chunks, kernel_chunks, y, s, upstream, p_value, p_is_inf
+                x_chunks,
+                kernel_chunks,
+                y,
+                s,
+                upstream,
+                p_value,
+                p_is_inf,
+                keep_chunks,
             )
             # (n, B, c) -> (B, D) and (n, c, N) -> (D, N).
             grad_x = ops.reshape(
                 ops.transpose(grad_x, (1, 0, 2)), (-1, n * grad_x.shape[2])
             )[:, :dim]
             grad_kernel = ops.reshape(grad_kernel, (-1, kernel.shape[1]))
-            return grad_x, grad_kernel[:dim], ops.zeros_like(p_tensor)
+            grads = (grad_x, grad_kernel[:dim], ops.zeros_like(p_tensor))
+            if keep_chunks is not None:
+                grads = grads + (ops.zeros_like(inputs[3]),)
+            return grads
 
         return y, grad
 
-    return distances(x, kernel, p_tensor)
+    return distances(*inputs)
 
 
 def naive_pnorm_distances(x, kernel, p):
@@ -257,6 +308,42 @@ def naive_pnorm_distances(x, kernel, p):
     safe = ops.where(m > 0, m, ops.ones_like(m))
     norm = ops.power(ops.sum(ops.power(z / safe, p), axis=1), 1.0 / p)
     return ops.squeeze(m, 1) * norm
+
+
+def sample_keep_masks(batch_size, dim, q, seed=None, group_size=32):
+    """SortNet's random coordinate subsets, one per group of samples.
+
+    As in the official code (zbh2047/SortNet, `core/models/norm_dist.py`,
+    `sample_mask` with `SUB_BATCH = 32`): one count $c \\sim
+    \\mathrm{Bin}(D, q)$ is drawn per call, then every group of
+    `group_size` consecutive samples (the last one may be smaller) gets its
+    own subset of $c$ coordinates, uniform among the subsets of that size.
+    Per group, this is the same law as keeping each coordinate
+    independently with probability $q$, so
+    $\\mathbb E[\\max_{j\\in S}|z_j|] = \\sum_k q(1-q)^{k-1}|z|_{(k)}$
+    ($|z|_{(k)}$ the $k$-th largest, the empty subset giving 0).
+
+    Args:
+        batch_size: int or scalar int tensor, $B$.
+        dim: int, $D$.
+        q: keep probability in (0, 1].
+        seed: a `keras.random.SeedGenerator`, an int or None.
+        group_size: int >= 1, samples sharing one subset.
+
+    Returns:
+        float32 `(B, D)` of 0/1; rows of the same group are equal.
+    """
+    count = ops.sum(
+        ops.cast(keras.random.uniform((dim,), seed=seed) < q, "int32")
+    )
+    groups = (batch_size + (group_size - 1)) // group_size
+    noise = keras.random.uniform((groups, dim), seed=seed)
+    # Rank of each coordinate in its group's random order: the `count`
+    # first ones form a uniform subset of that size.
+    ranks = ops.argsort(ops.argsort(noise, axis=-1), axis=-1)
+    keep = ops.cast(ranks < count, "float32")
+    group_of_sample = ops.arange(batch_size) // group_size
+    return ops.take(keep, group_of_sample, axis=0)
 
 
 def sorted_distance_weights(q, truncate):
@@ -298,7 +385,7 @@ def sorted_distances(x, kernel, weights, chunk_size=DEFAULT_CHUNK_SIZE):
         for i in range(1, n):
             top = merge(top, x_chunks[i], kernel_chunks[i])
     else:
-        top = ops.fori_loop(
+        top = _backend.sequential_fori_loop(
             1,
             n,
             lambda i, t: merge(t, x_chunks[i], kernel_chunks[i]),
@@ -578,13 +665,21 @@ class SortNetDense(_DistanceDense):
     ℓ∞-distance neuron. Mean shift, bias, sign and initialization are as in
     `LinfDistDense`.
 
-    - **Training** (the paper's stochastic trick): each call keeps every
-      input coordinate with probability $q$ (one random subset per batch;
-      the paper draws one per sub-batch of 32) and computes the
-      $p$-distance over the kept coordinates, $p$ = `train_p` as in
-      `LinfDistDense`. $\\mathbb E[\\max_{\\text{kept}}|z_j|] =
-      \\sum_k q(1-q)^{k-1}|z|_{(k)}$, the untruncated neuron. With
+    - **Training** (the paper's stochastic trick): the $p$-distance
+      ($p$ = `train_p` as in `LinfDistDense`) over a random subset of the
+      input coordinates, drawn as in the official code (see
+      `sample_keep_masks`): per call one count $c \\sim \\mathrm{Bin}(D,
+      q)$, then one uniform subset of $c$ coordinates for each group of
+      `group_size` = 32 consecutive samples. At $p = \\infty$,
+      $\\mathbb E[\\max_{j\\in S}|z_j|] = \\sum_k q(1-q)^{k-1}|z|_{(k)}$,
+      the untruncated neuron. The chunked kernel skips the dropped
+      coordinates (a 0/1 mask inside each chunk, also in the recomputing
+      backward), so memory is as in `LinfDistDense`. With
       `subsample=False` (the paper's first layer) no coordinate is dropped.
+      The official code also has the previous layer compute only the units
+      kept here, so its mean-shift statistics average each unit over the
+      groups that keep it; here every unit is computed for every sample
+      and averaged over the whole batch.
     - **Inference**: the deterministic truncated neuron above, computed
       with `ops.top_k` on chunks of `chunk_size` coordinates.
 
@@ -595,6 +690,8 @@ class SortNetDense(_DistanceDense):
         truncate: int >= 1, $K$.
         subsample: bool, use random coordinate subsets in training.
         seed: int or None, seed of the subsets.
+        group_size: int >= 1, consecutive samples sharing one subset (the
+            official code's `SUB_BATCH` = 32).
         **kwargs: the arguments of `LinfDistDense`.
 
     Input shape:
@@ -619,12 +716,16 @@ class SortNetDense(_DistanceDense):
         truncate=10,
         subsample=True,
         seed=None,
+        group_size=32,
         **kwargs,
     ):
         super().__init__(units, **kwargs)
         self.q = _validate_keep_probability(q)
         self.truncate = _validation.validate_positive_int("truncate", truncate)
         self.subsample = bool(subsample)
+        self.group_size = _validation.validate_positive_int(
+            "group_size", group_size
+        )
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -641,15 +742,21 @@ class SortNetDense(_DistanceDense):
                 self.sorted_weights(kernel.shape[0]),
                 self.chunk_size,
             )
+        keep = None
         if self.subsample and self.q < 1.0:
-            keep = keras.random.uniform(
-                (kernel.shape[0],), seed=self.seed_generator
+            keep = sample_keep_masks(
+                ops.shape(x)[0],
+                kernel.shape[0],
+                self.q,
+                seed=self.seed_generator,
+                group_size=self.group_size,
             )
-            keep = ops.cast(keep < self.q, "float32")
-            x = x * keep
-            kernel = kernel * ops.expand_dims(keep, 1)
         return pnorm_distances(
-            x, kernel, ops.convert_to_tensor(self.train_p), self.chunk_size
+            x,
+            kernel,
+            ops.convert_to_tensor(self.train_p),
+            self.chunk_size,
+            keep=keep,
         )
 
     def get_config(self):
@@ -660,8 +767,75 @@ class SortNetDense(_DistanceDense):
                 "truncate": self.truncate,
                 "subsample": self.subsample,
                 "seed": self.seed,
+                "group_size": self.group_size,
             }
         )
+        return config
+
+
+@keras_lipschitz_export
+class LogitScale(keras.layers.Identity):
+    """Identity layer holding the learned logit scale $s$ of the CE term.
+
+    The papers' loss is hinge$(z)$ + λ·CE$(s\\,z, y)$ with $s$ a **learned**
+    scalar: in the official code (zbh2047/L_inf-dist-net-v2,
+    `ell_inf_models.py`, `MLPModel(scalar=True)`, used by every command in
+    `command/`; zbh2047/SortNet, `SortMLPModel(scalar=True)`) it is
+    `nn.Parameter(torch.ones(1))`, trained by Adam in its own parameter
+    group at learning rate 0.006 (`--scalar-lr`, vs 0.03 for the rest),
+    while the hinge and the certificate use the unscaled $z$.
+
+    This layer returns its input unchanged in every mode, so the model's
+    outputs, predictions and certificates are those of $z$: **$s$ never
+    enters a certified margin**. It only owns the trainable weight;
+    `keras_lipschitz.losses.LinfDistHinge(scale=layer)` reads $s$ inside
+    the training step, where the optimizer sees it as a model weight. Being
+    a `keras.layers.Identity`, it is accepted by the ℓ∞ certification.
+
+    $s = m\\,\\theta$ with $\\theta$ the trainable weight (initially $1/m$,
+    so $s = 1$) and $m$ = `lr_multiplier`: Adam's step on $\\theta$ is
+    about the learning rate whatever the gradient's size, so $s$ moves
+    about $m$ times the learning rate, as with a per-parameter learning
+    rate. The default $m = 0.2 = 0.006 / 0.03$ reproduces the papers'
+    ratio with Adam (a cosine schedule scales both alike).
+
+    Args:
+        lr_multiplier: float > 0, $m$.
+        **kwargs: base layer arguments (`name`, ...).
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = LogitScale()
+    >>> z = np.ones((2, 3), "float32")
+    >>> bool(np.all(keras.ops.convert_to_numpy(layer(z)) == z))
+    True
+    >>> round(float(keras.ops.convert_to_numpy(layer.scale)), 4)
+    1.0
+    """
+
+    def __init__(self, lr_multiplier=0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.lr_multiplier = _validation.validate_positive_number(
+            "lr_multiplier", lr_multiplier
+        )
+
+    def build(self, input_shape):
+        self.raw_scale = self.add_weight(
+            name="raw_scale",
+            shape=(),
+            initializer=keras.initializers.Constant(1.0 / self.lr_multiplier),
+            autocast=False,
+        )
+
+    @property
+    def scale(self):
+        """$s = m\\,\\theta$, a float32 scalar tensor."""
+        return self.lr_multiplier * ops.convert_to_tensor(self.raw_scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config["lr_multiplier"] = self.lr_multiplier
         return config
 
 

@@ -7,6 +7,7 @@ from keras_lipschitz.layers import _validation
 from keras_lipschitz.layers.linf import DEFAULT_CHUNK_SIZE
 from keras_lipschitz.layers.linf import DISTANCE_LAYERS
 from keras_lipschitz.layers.linf import LinfDistDense
+from keras_lipschitz.layers.linf import LogitScale
 from keras_lipschitz.layers.linf import SortNetDense
 
 
@@ -23,6 +24,7 @@ def linf_dist_net(
     identity_value=10.0,
     chunk_size=DEFAULT_CHUNK_SIZE,
     seed=None,
+    learned_scale=False,
     name=None,
 ):
     """The papers' ℓ∞-distance MLP (optionally SortNet, optionally MLP head).
@@ -40,7 +42,14 @@ def linf_dist_net(
 
     The papers use depth 5, width 5120 on MNIST (depth 6 on CIFAR-10), SortNet
     $q = 0.75$ on MNIST at $\\varepsilon = 0.3$, and never subsample the
-    first layer.
+    first layer (the last one is subsampled, as in SortNet's
+    `SortMLPModel`).
+
+    With `learned_scale=True` (the papers' `scalar=True`) a
+    `keras_lipschitz.layers.LogitScale` identity layer named
+    `"logit_scale"` follows the distance layers; it holds the learned
+    cross-entropy scale $s$ and changes no output. Train with
+    `LinfDistHinge(eps, scale=model.get_layer("logit_scale"))`.
 
     Args:
         input_shape: shape of one input, e.g. `(28, 28, 1)`.
@@ -57,6 +66,7 @@ def linf_dist_net(
             it off).
         chunk_size: chunk size of the distance layers.
         seed: seed of the SortNet subsets.
+        learned_scale: bool, add the `LogitScale` layer.
         name: model name.
 
     Returns:
@@ -101,7 +111,9 @@ def linf_dist_net(
                 negate=True,
             )
         )
-    else:
+    if learned_scale:
+        layers.append(LogitScale(name="logit_scale"))
+    if head_units is not None:
         layers.append(keras.layers.Dense(head_units, activation="relu"))
         layers.append(keras.layers.Dense(num_classes))
     return keras.Sequential(layers, name=name)
