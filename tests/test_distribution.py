@@ -23,7 +23,7 @@ would not be (so the test can fail).
 
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
 
@@ -40,6 +40,13 @@ LEARNING_RATE = 0.1
 WEIGHT_TOLERANCE = 1e-5
 LOSS_TOLERANCE = 1e-5
 NORM_TOLERANCE = 1e-3
+# torch DDP hard limits (seconds); a normal run takes ~20 s on 2 busy cores.
+# A gloo collective waiting this long for the other rank raises.
+TORCH_COLLECTIVE_TIMEOUT = 120
+# A rank still alive after this dumps its threads' stacks and exits.
+TORCH_WORKER_TIMEOUT = 240
+# The parent kills both ranks and fails the test after this.
+TORCH_TEST_TIMEOUT = 270
 
 
 def _backend():
@@ -403,30 +410,44 @@ def torch_train(model, module, x, y):
 
 
 def torch_worker():
+    import datetime
+    import faulthandler
+    import gc
+    import weakref
+
+    # Watchdog: a rank still running after TORCH_WORKER_TIMEOUT prints the
+    # stack of every thread (which call it is stuck in) and exits; SIGUSR1
+    # (sent by the parent before it kills a rank) prints them too.
+    faulthandler.dump_traceback_later(TORCH_WORKER_TIMEOUT, exit=True)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     import torch
     import torch.distributed as dist
 
     from keras_lipschitz import _backend
 
+    # The ranks share the machine's cores: one intra-op thread each, or
+    # each rank's thread pool competes with the other rank's.
+    torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     x, y = make_data()
     logits = np.random.default_rng(1).normal(size=(BATCH, CLASSES))
     logits = logits.astype("float32")
     loss_fn = make_loss()
-    if rank == 0:
-        # The single-process reference runs before the process group
-        # exists: the KR loss all-reduces whenever a group is up, and a
-        # collective left for rank 0 alone after the others exit would hang.
-        reference = build_model()
-        ref_initial = weights_of(reference)
-        ref_loss = torch_train(reference, reference, x, y)
-        ref_weights = weights_of(reference)
-        z = torch.tensor(logits, requires_grad=True)
-        single = loss_fn(torch.as_tensor(y), z)
-        single.backward()
-        single_grad = z.grad.numpy()
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # The parent hosts the rendezvous store on a port it already listens
+    # on. A collective that waits longer than the timeout raises instead of
+    # waiting forever; the ranks do the same work between collectives, so
+    # no wait is ever near it.
+    timeout = datetime.timedelta(seconds=TORCH_COLLECTIVE_TIMEOUT)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=False,
+        timeout=timeout,
+    )
+    dist.init_process_group(
+        "gloo", store=store, rank=rank, world_size=world, timeout=timeout
+    )
     n = BATCH // world
     local = slice(rank * n, (rank + 1) * n)
 
@@ -461,9 +482,31 @@ def torch_worker():
         gathered,
         {"loss": loss, "weights": {p: v.tolist() for p, v in trained.items()}},
     )
+    # Free DDP *before* the group. DDP's C++ reducer co-owns the gloo
+    # group; as its last owner it would destroy it holding the GIL, joining
+    # gloo's worker threads, while a worker still releasing the tensors of
+    # a finished collective waits for the GIL: a deadlock (gdb: ~Reducer ->
+    # ~ProcessGroupGloo -> thread::join; worker: ~AsyncAllgatherWork ->
+    # decref -> take_gil). The group's own Python handle releases the GIL.
+    released = weakref.ref(ddp)
+    del ddp
+    gc.collect()
+    assert released() is None, "the DDP wrapper is still referenced"
     dist.destroy_process_group()
     if rank != 0:
         return
+
+    # The single-process reference, after the group is gone (the KR loss
+    # all-reduces whenever a group is up): rank 1 has already exited.
+    assert not dist.is_initialized()
+    reference = build_model()
+    ref_initial = weights_of(reference)
+    ref_loss = torch_train(reference, reference, x, y)
+    ref_weights = weights_of(reference)
+    z = torch.tensor(logits, requires_grad=True)
+    single = loss_fn(torch.as_tensor(y), z)
+    single.backward()
+    single_grad = z.grad.numpy()
 
     replicas = [
         {p: np.asarray(v) for p, v in g["weights"].items()} for g in gathered
@@ -610,49 +653,105 @@ def test_tensorflow_mirrored_strategy():
     _check_loss(run["loss_check"])
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _run_ranks(world, port):
+    """Runs the torch worker as `world` ranks; returns their outputs.
 
+    Output goes to files (a full pipe that nobody reads would block a
+    rank, and with it the other rank in its next collective). When a rank
+    fails, the others are killed after a short grace instead of waiting
+    for their collectives to time out; after TORCH_TEST_TIMEOUT all are
+    killed and the test fails.
+    """
+    import contextlib
+    import tempfile
+    import time
 
-@pytest.mark.skipif(_backend() != "torch", reason="torch distribution test")
-@pytest.mark.skipif(
-    os.environ.get("KERAS_LIPSCHITZ_TEST_DDP") != "1",
-    reason="torch DDP over gloo hangs intermittently on the 2-core CI "
-    "machine (one rank waits in a collective); opt in with "
-    "KERAS_LIPSCHITZ_TEST_DDP=1",
-)
-def test_torch_distributed_data_parallel():
-    world = 2
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "torch"],
-            env=_env(
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        procs, files = [], []
+        for rank in range(world):
+            out, err = (
+                stack.enter_context(open(os.path.join(tmp, name), "w+"))
+                for name in (f"out{rank}", f"err{rank}")
+            )
+            files.append((out, err))
+            env = _env(
                 "torch",
                 RANK=str(rank),
                 WORLD_SIZE=str(world),
                 MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=port,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+                MASTER_PORT=str(port),
+                OMP_NUM_THREADS="1",
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, os.path.abspath(__file__), "torch"],
+                    env=env,
+                    stdout=out,
+                    stderr=err,
+                )
+            )
+        deadline = time.monotonic() + TORCH_TEST_TIMEOUT
+        failed_at = None
+        try:
+            while any(p.poll() is None for p in procs):
+                now = time.monotonic()
+                if failed_at is None and any(p.poll() for p in procs):
+                    failed_at = now
+                if now > deadline or (failed_at and now > failed_at + 10):
+                    break
+                time.sleep(0.2)
+        finally:
+            timed_out = [p.poll() is None for p in procs]
+            for proc, late in zip(procs, timed_out):
+                if late:
+                    proc.send_signal(signal.SIGUSR1)  # its stacks, then kill
+            time.sleep(1.0 if any(timed_out) else 0.0)
+            for proc, late in zip(procs, timed_out):
+                if late:
+                    proc.kill()
+                    proc.wait()
+        outputs = []
+        for out, err in files:
+            out.seek(0)
+            err.seek(0)
+            outputs.append((out.read(), err.read()))
+    report = "\n".join(
+        f"--- rank {rank}: exit code {proc.returncode}"
+        + (" (killed: still running)" if late else "")
+        + f"\n{err[-3000:]}"
+        for rank, (proc, late, (_, err)) in enumerate(
+            zip(procs, timed_out, outputs)
         )
-        for rank in range(world)
-    ]
-    outputs = []
+    )
+    assert not any(timed_out) and all(p.returncode == 0 for p in procs), (
+        f"torch DDP ranks failed or hung (limits: {TORCH_TEST_TIMEOUT} s in "
+        f"all, {TORCH_COLLECTIVE_TIMEOUT} s per collective):\n{report}"
+    )
+    return outputs
+
+
+@pytest.mark.skipif(_backend() != "torch", reason="torch distribution test")
+def test_torch_distributed_data_parallel():
+    import datetime
+
+    import torch.distributed as dist
+
+    world = 2
+    # The rendezvous store listens before the ranks start, on a port the
+    # kernel picked: no port to guess and release, none to race for.
+    store = dist.TCPStore(
+        "127.0.0.1",
+        0,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=datetime.timedelta(seconds=TORCH_COLLECTIVE_TIMEOUT),
+    )
     try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=300))
+        outputs = _run_ranks(world, store.port)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for proc, (out, err) in zip(procs[1:], outputs[1:]):
-        assert proc.returncode == 0, err[-4000:]
-    run = _parse(outputs[0][0], outputs[0][1], procs[0].returncode)
+        del store
+    run = _parse(outputs[0][0], outputs[0][1], 0)
     assert run["replicas"] == world
     _check_run(run, run["reference_loss"])
     _check_loss(run["loss_check"])
