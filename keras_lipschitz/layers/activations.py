@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from keras_lipschitz.api_export import keras_lipschitz_export
+from keras_lipschitz.layers._base import OneLipschitzLayer
 from keras_lipschitz.layers import _validation
 
 HALF_PI = math.pi / 2.0
@@ -37,7 +38,7 @@ def _validate_axis(axis):
     return int(axis)
 
 
-class _ChannelActivation(keras.layers.Layer):
+class _ChannelActivation(OneLipschitzLayer):
     """Resolves the channel axis and checks the channel count at build."""
 
     def __init__(self, axis=-1, **kwargs):
@@ -92,14 +93,6 @@ class _ChannelActivation(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
-
-    def lipschitz_upper_bound(self):
-        """Guaranteed ℓ2 Lipschitz constant of the layer: 1.0.
-
-        Returns:
-            A Python float.
-        """
-        return 1.0
 
     def get_config(self):
         config = super().get_config()

@@ -27,6 +27,7 @@ from keras import ops
 
 from keras_lipschitz import _backend
 from keras_lipschitz.api_export import keras_lipschitz_export
+from keras_lipschitz.layers._base import OneLipschitzLayer
 from keras_lipschitz.layers import _validation
 
 # Half-precision inputs are pooled in float32 (squares overflow float16 above
@@ -94,7 +95,7 @@ def _validate_epsilon(epsilon):
     return _validation.validate_positive_number("epsilon", epsilon)
 
 
-class _ScaledWindowPooling2D(keras.layers.Layer):
+class _ScaledWindowPooling2D(OneLipschitzLayer):
     """Argument checks, shapes and config of the windowed pooling layers."""
 
     def __init__(
@@ -198,14 +199,6 @@ class _ScaledWindowPooling2D(keras.layers.Layer):
             size = input_shape[axis]
             output_shape[axis] = None if size is None else size // pool
         return tuple(output_shape)
-
-    def lipschitz_upper_bound(self):
-        """Guaranteed ℓ2 Lipschitz constant of the layer: 1.0.
-
-        Returns:
-            A Python float.
-        """
-        return 1.0
 
     def get_config(self):
         config = super().get_config()
@@ -378,7 +371,7 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
         return config
 
 
-class _ScaledGlobalPooling2D(keras.layers.Layer):
+class _ScaledGlobalPooling2D(OneLipschitzLayer):
     """Config and shapes of the global pooling layers."""
 
     def __init__(self, data_format=None, keepdims=False, **kwargs):
@@ -394,14 +387,6 @@ class _ScaledGlobalPooling2D(keras.layers.Layer):
                 1 if i in axes else d for i, d in enumerate(input_shape)
             )
         return tuple(d for i, d in enumerate(input_shape) if i not in axes)
-
-    def lipschitz_upper_bound(self):
-        """Guaranteed ℓ2 Lipschitz constant of the layer: 1.0.
-
-        Returns:
-            A Python float.
-        """
-        return 1.0
 
     def get_config(self):
         config = super().get_config()
@@ -532,7 +517,7 @@ class ScaledGlobalL2NormPooling2D(_ScaledGlobalPooling2D):
 
 
 @keras_lipschitz_export
-class InvertibleDownSampling(keras.layers.Layer):
+class InvertibleDownSampling(OneLipschitzLayer):
     """Space-to-depth: moves each $p_h \\times p_w$ block into the channels.
 
     `(batch, H, W, C)` becomes `(batch, H/p_h, W/p_w, p_h p_w C)` (or the
@@ -641,14 +626,6 @@ class InvertibleDownSampling(keras.layers.Layer):
         depth = None if channels is None else ph * pw * channels
         return (batch, depth, div(height, ph), div(width, pw))
 
-    def lipschitz_upper_bound(self):
-        """Guaranteed ℓ2 Lipschitz constant of the layer: 1.0.
-
-        Returns:
-            A Python float.
-        """
-        return 1.0
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -658,7 +635,7 @@ class InvertibleDownSampling(keras.layers.Layer):
 
 
 @keras_lipschitz_export
-class LipPool(keras.layers.Layer):
+class LipPool(OneLipschitzLayer):
     """Signed distance of channel pairs to a learnable wedge ("LipPool").
 
     Halves the channels: the input's channels are split into two halves
@@ -782,14 +759,6 @@ class LipPool(keras.layers.Layer):
         if output_shape[axis] is not None:
             output_shape[axis] //= 2
         return tuple(output_shape)
-
-    def lipschitz_upper_bound(self):
-        """Guaranteed ℓ2 Lipschitz constant of the layer: 1.0.
-
-        Returns:
-            A Python float.
-        """
-        return 1.0
 
     def get_config(self):
         config = super().get_config()
