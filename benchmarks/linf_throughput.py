@@ -184,8 +184,8 @@ def _row(benchmark, backend, metric, unit, ours, ref, notes):
 
 
 def _full_memory_rows(args):
-    batch, dim, width = 512, 5120, 5120
-    naive_bytes = batch * dim * width * 4
+    batch, dim, width = 512, args.full_dim, 5120
+    naive_bytes = batch * 5120 * width * 4
     rows = []
     for backend in args.backends.split(","):
         full = _run_child(backend, [
@@ -203,7 +203,12 @@ def _full_memory_rows(args):
             "ratio": None if peak is None else peak / (naive_bytes / 2**20),
             "notes": (
                 f"one LinfDistDense({width}), batch {batch} x {dim}, p = 8, "
-                f"chunk {args.chunk_size}, Adam, one train_on_batch "
+                + ("" if dim == 5120 else
+                   f"(D reduced from 5120 to {dim}: the chunked step's "
+                   f"temporaries do not depend on D; add "
+                   f"{4 * 4 * (5120 - dim) * width / 2**20:.0f} MiB for the "
+                   f"larger kernel, its gradient and 2 Adam slots) ")
+                + f"chunk {args.chunk_size}, Adam, one train_on_batch "
                 f"(includes compilation) in a fresh process; peak RSS "
                 f"includes imports; increase over pre-step RSS "
                 f"{full.get('step_mib')} MiB; step {full.get('seconds')} s; "
@@ -223,6 +228,9 @@ def main():
                         dest="full_memory", action="store_true",
                         help="only measure one training step of one "
                              "LinfDistDense(5120) on 512x5120 per backend")
+    parser.add_argument("--full-dim", type=int, default=5120,
+                        help="input dimension of --full-memory (5120; a "
+                             "smaller one keeps B and N but fewer chunks)")
     parser.add_argument("--timeout", type=int, default=1800)
     # Child-process options.
     parser.add_argument("--child", action="store_true")
