@@ -90,6 +90,7 @@ def _child(backend, steps, width):
 
     from keras_lipschitz.models import LipConvNet
 
+    load_start = os.getloadavg()[0]
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(BATCH, 32, 32, 3)).astype("float32")
@@ -121,6 +122,7 @@ def _child(backend, steps, width):
         "steps": steps,
         "wall": {k: statistics.median(v) for k, v in wall.items()},
         "cpu": {k: statistics.median(v) for k, v in cpu.items()},
+        "load": [load_start, os.getloadavg()[0]],
     }
 
 
@@ -132,6 +134,12 @@ def _rows(result):
         f"soc/conv {cpu['soc'] / cpu['conv']:.2f}, soc_fast/soc "
         f"{cpu['soc_fast'] / cpu['soc']:.2f}; 2-core CPU, no GPU"
     )
+    if "load" in result:
+        start, end = result["load"]
+        note += (
+            f", shared with other jobs (1-min load average {start:.1f} at "
+            f"start, {end:.1f} at end)"
+        )
     return [
         {
             "benchmark": "soc_step",

@@ -65,20 +65,21 @@ def _gradients(fn, *args):
 
 
 # ---------------------------------------------------------- orthogonality
-# (strides, c_in, filters): channels kept, padded, and projected.
+# (strides, input shape, filters): channels kept, padded, and projected.
+# Every case runs its SOC on 4 channels and a 4x4 grid: eager JAX compiles
+# each op once per shape, so the cases share their compiled ops.
 CONV_CASES = [
-    (1, 4, 4, False),
-    (1, 3, 5, True),  # zero-padded input channels
-    (2, 4, 16, True),  # space-to-depth: 16 channels, kept
-    (2, 2, 6, False),  # 8 channels after space-to-depth, first 6 kept
+    (1, (4, 4, 4), 4, False),
+    (1, (4, 4, 3), 4, True),  # zero-padded input channels
+    (2, (8, 8, 1), 4, True),  # space-to-depth: 4 channels, kept
+    (2, (8, 8, 1), 3, False),  # 4 channels after space-to-depth, 3 kept
 ]
 
 
-@pytest.mark.parametrize("s,c_in,filters,fast", CONV_CASES)
+@pytest.mark.parametrize("s,shape,filters,fast", CONV_CASES)
 def test_soc_conv_jacobian_is_orthogonal_and_bound_sound(
-    s, c_in, filters, fast
+    s, shape, filters, fast
 ):
-    shape = (6, 6, c_in)
     layer = SOCConv2D(
         filters, 3, strides=s, use_bias=False, fast_backward=fast
     )
@@ -101,8 +102,8 @@ def test_soc_conv_jacobian_is_orthogonal_and_bound_sound(
 
 def test_soc_conv_training_terms_are_not_orthogonal():
     """The test above can fail: 1 Taylor term gives I + J, not orthogonal."""
-    shape = (6, 6, 3)
-    layer = SOCConv2D(3, 3, use_bias=False, eval_terms=1)
+    shape = (4, 4, 4)
+    layer = SOCConv2D(4, 3, use_bias=False, eval_terms=1)
     layer.build((None, *shape))
     values = helpers.layer_singular_values(layer, shape)
     assert values[0] > 1.1
@@ -111,12 +112,12 @@ def test_soc_conv_training_terms_are_not_orthogonal():
 
 
 def test_soc_conv_bound_without_spatial_size_is_size_free():
-    layer = SOCConv2D(3, 3, use_bias=False)
-    layer.build((None, None, None, 3))
+    layer = SOCConv2D(4, 3, use_bias=False)
+    layer.build((None, None, None, 4))
     rho = bounds.conv_reshaped_upper_bound(layer.skew_kernel())
     assert layer.skew_operator_norm_bound() == pytest.approx(rho)
     for n in (4, 7):
-        values = helpers.layer_singular_values(layer, (n, n, 3))
+        values = helpers.layer_singular_values(layer, (n, n, 4))
         np.testing.assert_allclose(values, 1.0, atol=TOL)
         assert layer.lipschitz_upper_bound() >= values[0] * (1 - FLOAT32_SLACK)
 
@@ -135,11 +136,11 @@ def test_skew_kernel_is_exactly_skew_and_adjoint():
 
 
 def test_power_vectors_written_only_in_training():
-    shape = (6, 6, 2)
-    layer = SOCConv2D(2, 3)
+    shape = (4, 4, 4)
+    layer = SOCConv2D(4, 3)
     layer.build((None, *shape))
     rng = np.random.default_rng(1)
-    layer.kernel.assign(rng.normal(size=(3, 3, 2, 2)).astype("float32"))
+    layer.kernel.assign(rng.normal(size=(3, 3, 4, 4)).astype("float32"))
     x = rng.normal(size=(2, *shape)).astype("float32")
     before = [helpers.to_numpy(w) for w in layer.non_trainable_weights]
     assert len(before) == 8
@@ -157,8 +158,8 @@ def test_power_vectors_written_only_in_training():
 
 
 def test_training_uses_train_terms():
-    shape = (5, 5, 2)
-    layer = SOCConv2D(2, 3, train_terms=1, eval_terms=9, use_bias=False)
+    shape = (4, 4, 4)
+    layer = SOCConv2D(4, 3, train_terms=1, eval_terms=9, use_bias=False)
     layer.build((None, *shape))
     x = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
     kernel = layer.skew_kernel()
@@ -169,8 +170,8 @@ def test_training_uses_train_terms():
 
 
 def test_channels_first_matches_channels_last():
-    hw, c_in = (6, 4), 3
-    kwargs = dict(filters=10, kernel_size=3, strides=2)
+    hw, c_in = (8, 4), 1
+    kwargs = dict(filters=3, kernel_size=3, strides=2)
     last = SOCConv2D(data_format="channels_last", **kwargs)
     first = SOCConv2D(data_format="channels_first", **kwargs)
     last.build((None, *hw, c_in))
@@ -188,7 +189,7 @@ def test_channels_first_matches_channels_last():
 def test_mixed_precision_keeps_state_float32():
     keras.config.set_dtype_policy("mixed_float16")
     layer = SOCConv2D(4, 3, strides=2)
-    x = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype("float32")
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype("float32")
     for training in (False, True):
         y = layer(x, training=training)
         assert keras.backend.standardize_dtype(y.dtype) == "float16"
@@ -256,26 +257,83 @@ def test_fast_backward_input_gradient_is_exact_and_kernel_gradient_first_order()
     assert errors[1] < errors[0] / 3.0, errors
 
 
+def test_conv_kernel_gradient_equals_autodiff_and_float64():
+    """The one-conv kernel gradient of the fast backward is exact.
+
+    Against autodiff of `ops.conv` in the kernel and a float64 NumPy sum
+    over the kernel taps, for odd sizes 1, 3, 5 and a rectangular kernel,
+    with c_in != c_out and a grid smaller than the kernel.
+    """
+    rng = np.random.default_rng(2)
+    for kernel_size, (n, h, w) in (
+        ((1, 1), (2, 3, 4)),
+        ((3, 3), (2, 5, 4)),
+        ((5, 5), (3, 3, 6)),
+        ((3, 1), (2, 4, 3)),
+    ):
+        c_in, c_out = 3, 4
+        x = rng.normal(size=(n, h, w, c_in)).astype("float32")
+        g = rng.normal(size=(n, h, w, c_out)).astype("float32")
+        got = helpers.to_numpy(
+            normalizers.conv_kernel_gradient(x, g, kernel_size)
+        )
+        k_h, k_w = kernel_size
+        padded = np.pad(
+            x.astype(np.float64),
+            ((0, 0), (k_h // 2, k_h // 2), (k_w // 2, k_w // 2), (0, 0)),
+        )
+        expected = np.zeros((k_h, k_w, c_in, c_out))
+        for a in range(k_h):
+            for b in range(k_w):
+                window = padded[:, a : a + h, b : b + w, :]
+                expected[a, b] = np.einsum("nhwi,nhwo->io", window, g)
+        x_t, g_t = ops.convert_to_tensor(x), ops.convert_to_tensor(g)
+        (autodiff,) = _gradients(
+            lambda k: ops.sum(ops.conv(x_t, k, padding="same") * g_t),
+            np.zeros((k_h, k_w, c_in, c_out), "float32"),
+        )
+        scale = np.max(np.abs(expected))
+        assert got.shape == expected.shape == autodiff.shape
+        np.testing.assert_allclose(got, expected, atol=1e-6 * scale)
+        np.testing.assert_allclose(got, autodiff, atol=1e-6 * scale)
+
+
 def test_fast_backward_trains_like_plain_taylor_in_fit():
-    """Same initial weights, one SGD step: the updates nearly coincide."""
-    shape = (4, 4, 3)
+    """Same initial weights, one SGD step: the updates nearly coincide.
+
+    Stride 2 (space-to-depth to 4 channels). The fast update of a
+    channels-first layer equals that of the channels-last one.
+    """
+    shape = (8, 8, 1)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, *shape)).astype("float32")
-    y = rng.normal(size=(8, 4, 4, 3)).astype("float32")
+    y = rng.normal(size=(8, 4, 4, 4)).astype("float32")
     updated = []
-    for fast in (False, True):
+    for fast, data_format in (
+        (False, "channels_last"),
+        (True, "channels_last"),
+        (True, "channels_first"),
+    ):
         keras.utils.set_random_seed(0)
-        layer = SOCConv2D(3, 3, fast_backward=fast)
-        model = keras.Sequential([keras.Input(shape), layer])
+        layer = SOCConv2D(
+            4, 3, strides=2, fast_backward=fast, data_format=data_format
+        )
+        x_in, y_in = x, y
+        if data_format == "channels_first":
+            x_in, y_in = x.transpose(0, 3, 1, 2), y.transpose(0, 3, 1, 2)
+        model = keras.Sequential([keras.Input(x_in.shape[1:]), layer])
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         before = helpers.to_numpy(layer.kernel)
-        model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        model.fit(x_in, y_in, epochs=1, batch_size=8, verbose=0)
         updated.append(helpers.to_numpy(layer.kernel) - before)
-    plain, fast = updated
+    plain, fast, fast_first = updated
     assert np.linalg.norm(plain) > 1e-4
     cosine = np.sum(plain * fast) / (np.linalg.norm(plain) * np.linalg.norm(fast))
     # ||J|| <= ~2 at init: the O(||J||^2) error leaves the direction intact.
     assert cosine > 0.99, cosine
+    np.testing.assert_allclose(
+        fast_first, fast, atol=1e-5 * np.max(np.abs(fast))
+    )
 
 
 # -------------------------------------------------------------- validation
@@ -353,7 +411,7 @@ def test_soc_conv_config_round_trip():
 def test_save_load_keeps_outputs_state_and_bound(cls, tmp_path):
     rng = np.random.default_rng(0)
     if cls == "conv":
-        shape = (4, 4, 2)
+        shape = (8, 8, 1)
         layer = SOCConv2D(4, 3, strides=2, fast_backward=True)
     else:
         shape = (5,)
@@ -375,7 +433,8 @@ def test_save_load_keeps_outputs_state_and_bound(cls, tmp_path):
 
 
 # ------------------------------------------------------------------ SOCDense
-@pytest.mark.parametrize("d_in,units", [(6, 6), (4, 7), (7, 3)])
+# Square, zero-padded input, projected output; all on a 4x4 skew matrix.
+@pytest.mark.parametrize("d_in,units", [(4, 4), (3, 4), (4, 3)])
 def test_soc_dense_jacobian_is_orthogonal(d_in, units):
     layer = SOCDense(units, use_bias=False)
     layer.build((None, d_in))
