@@ -40,7 +40,7 @@ LEARNING_RATE = 0.1
 WEIGHT_TOLERANCE = 1e-5
 LOSS_TOLERANCE = 1e-5
 NORM_TOLERANCE = 1e-3
-# torch DDP hard limits (seconds); a normal run takes ~20 s on 2 busy cores.
+# torch DDP hard limits (seconds); a run takes 17-41 s on 2 busy cores.
 # A gloo collective waiting this long for the other rank raises.
 TORCH_COLLECTIVE_TIMEOUT = 120
 # A rank still alive after this dumps its threads' stacks and exits.
