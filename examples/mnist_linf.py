@@ -60,6 +60,10 @@ def main():
     p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--p-fraction", type=float, default=0.75,
                    help="fraction of the epochs over which p goes 8 -> 1000")
+    p.add_argument("--ce-scale", choices=["learned", "fixed"],
+                   default="learned",
+                   help="cross-entropy logit scale: learned as in the "
+                   "official code, or fixed at 1")
     p.add_argument("--train-samples", type=int, default=None,
                    help="use only the first N training images")
     args = p.parse_args()
@@ -74,7 +78,7 @@ def main():
 
     model = linf_dist_net(
         (28, 28, 1), 10, depth=depth, width=width, neuron=args.neuron,
-        q=args.q, seed=args.seed, learned_scale=True,
+        q=args.q, seed=args.seed, learned_scale=args.ce_scale == "learned",
     )
     steps = epochs * math.ceil(len(x_train) / args.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, steps)
@@ -83,8 +87,15 @@ def main():
         optimizer=keras.optimizers.Adam(
             schedule, beta_1=0.9, beta_2=0.99, epsilon=1e-10
         ),
-        loss=LinfDistHinge(epsilon=args.eps_train, ce_weight=0.05,
-                           scale=model.get_layer("logit_scale")),
+        loss=LinfDistHinge(
+            epsilon=args.eps_train,
+            ce_weight=0.05,
+            scale=(
+                model.get_layer("logit_scale")
+                if args.ce_scale == "learned"
+                else 1.0
+            ),
+        ),
         metrics=[
             "accuracy",
             keras_lipschitz.metrics.CertifiedAccuracy(
