@@ -1201,6 +1201,11 @@ def linf_dist_hinge(y_true, y_pred, epsilon, ce_weight=0.05, scale=1.0):
     ce_weight = _validate_nonnegative("ce_weight", ce_weight)
     if _is_real(scale):
         scale = _validate_positive("scale", scale)
+    elif not (ops.is_tensor(scale) or isinstance(scale, keras.Variable)):
+        raise ValueError(
+            "`scale` must be a finite number > 0 or a scalar tensor (a "
+            f"learned scale). Received: scale={scale!r}"
+        )
     one_hot, y_pred = multiclass_labels(y_true, y_pred)
     z_true = ops.sum(one_hot * y_pred, axis=-1)
     z_other = ops.max(ops.where(one_hot > 0, float("-inf"), y_pred), axis=-1)

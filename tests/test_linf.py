@@ -400,6 +400,8 @@ def test_bad_arguments():
         LogitScale(lr_multiplier=0.0)
     with pytest.raises(ValueError, match="`scale`.*LogitScale"):
         LinfDistHinge(0.3, scale="learned")
+    with pytest.raises(ValueError, match="`scale`.*scalar tensor"):
+        linf_dist_hinge([0], np.zeros((1, 2), "float32"), 0.3, scale="s")
     for cls in (LinfDistDense, SortNetDense):
         with pytest.raises(ValueError, match="[Ff]latten"):
             cls(3).build((None, 4, 4))
