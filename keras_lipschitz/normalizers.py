@@ -27,6 +27,11 @@ def l2_normalize(x, epsilon=EPSILON):
     return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x)), epsilon))
 
 
+def _norm(x):
+    """Differentiable ℓ2 norm of all entries, with a finite gradient at 0."""
+    return ops.sqrt(ops.maximum(ops.sum(ops.square(x)), EPSILON))
+
+
 def power_iteration_dense(kernel, u, iterations):
     """Power iteration for the largest singular value of a dense kernel.
 
@@ -36,39 +41,39 @@ def power_iteration_dense(kernel, u, iterations):
     $$v \\leftarrow \\frac{u W^T}{\\|u W^T\\|},\\qquad
       u \\leftarrow \\frac{v W}{\\|v W\\|},$$
 
-    and the estimate is $\\hat\\sigma = \\|u W^T\\|$ with the final `u`.
+    and the estimate is $\\hat\\sigma = \\|v W\\|$ from the last step,
+    whose numerator is computed with the differentiable kernel. With `v`
+    gradient-stopped, the gradient of $\\hat\\sigma$ with respect to `W`
+    is $v^T u$, the gradient of $\\sigma_{max}$ at convergence (Miyato et
+    al., ICLR 2018). Reusing the last half-step for the estimate saves one
+    matmul (and its gradient) per call.
 
-    `u` is treated as a constant (gradient stopped), so the gradient of
-    $\\hat\\sigma$ with respect to `W` is $v u^T$, the gradient of
-    $\\sigma_{max}$ at convergence (Miyato et al., ICLR 2018).
-
-    Every iterate satisfies $\\hat\\sigma \\le \\sigma_{max}(W)$: the result
-    is a lower bound, tight once converged. Use
+    Every iterate satisfies $\\hat\\sigma \\le \\sigma_{max}(W)$ since
+    $\\|v\\| = 1$: the result is a lower bound, tight once converged. Use
     `gram_spectral_norm_upper_bound` where a guarantee is needed.
 
     Args:
         kernel: float tensor of shape `(d_in, d_out)`.
-        u: float tensor of shape `(1, d_out)`, the warm start.
-        iterations: Python int, the fixed number of steps (may be 0; `u`
-            is normalized first in any case).
+        u: float tensor of shape `(1, d_out)`, the warm start (any nonzero
+            norm).
+        iterations: Python int, the fixed number of steps. With 0, the
+            estimate is $\\|u W^T\\|$ for the normalized `u`.
 
     Returns:
         `(u_new, sigma)`: the gradient-stopped new vector, shape
         `(1, d_out)`, and the differentiable scalar estimate.
     """
-    u = l2_normalize(ops.stop_gradient(u))
+    u = ops.stop_gradient(u)
+    if iterations == 0:
+        u = l2_normalize(u)
+        return u, _norm(ops.matmul(u, ops.transpose(kernel)))
     w = ops.stop_gradient(kernel)
-    for _ in range(iterations):
+    for _ in range(iterations - 1):
         v = l2_normalize(ops.matmul(u, ops.transpose(w)))
         u = l2_normalize(ops.matmul(v, w))
-    u = ops.stop_gradient(u)
-    sigma = ops.sqrt(
-        ops.maximum(
-            ops.sum(ops.square(ops.matmul(u, ops.transpose(kernel)))),
-            EPSILON,
-        )
-    )
-    return u, sigma
+    v = l2_normalize(ops.matmul(u, ops.transpose(w)))
+    t = ops.matmul(v, kernel)
+    return ops.stop_gradient(l2_normalize(t)), _norm(t)
 
 
 def conv_transpose_output_padding(
@@ -125,9 +130,12 @@ def power_iteration_conv(
     `ops.conv_transpose` with the same kernel (its exact adjoint given the
     right `output_padding`). One step is $v \\leftarrow Au/\\|Au\\|$,
     $u \\leftarrow A^Tv/\\|A^Tv\\|$ and the estimate is
-    $\\hat\\sigma = \\|Au\\|$ with the final, gradient-stopped `u`.
+    $\\hat\\sigma = \\|A^Tv\\|$ from the last step, computed with the
+    differentiable kernel; its gradient is that of $v^TAu$ with `u` and `v`
+    fixed, as in Miyato et al. (ICLR 2018).
 
-    As for dense kernels, $\\hat\\sigma$ is a lower bound on $\\|A\\|$.
+    As for dense kernels, $\\hat\\sigma$ is a lower bound on $\\|A\\|$
+    ($\\|v\\| = 1$).
 
     Args:
         kernel: float tensor `(k_h, k_w, c_in, c_out)`.
@@ -147,25 +155,27 @@ def power_iteration_conv(
             x, k, strides=strides, padding=padding, data_format=data_format
         )
 
-    u = l2_normalize(ops.stop_gradient(u))
-    w = ops.stop_gradient(kernel)
-    for _ in range(iterations):
-        v = l2_normalize(forward(u, w))
-        u = l2_normalize(
-            ops.conv_transpose(
-                v,
-                w,
-                strides=strides,
-                padding=padding,
-                output_padding=output_padding,
-                data_format=data_format,
-            )
+    def adjoint(y, k):
+        return ops.conv_transpose(
+            y,
+            k,
+            strides=strides,
+            padding=padding,
+            output_padding=output_padding,
+            data_format=data_format,
         )
+
     u = ops.stop_gradient(u)
-    sigma = ops.sqrt(
-        ops.maximum(ops.sum(ops.square(forward(u, kernel))), EPSILON)
-    )
-    return u, sigma
+    if iterations == 0:
+        u = l2_normalize(u)
+        return u, _norm(forward(u, kernel))
+    w = ops.stop_gradient(kernel)
+    for _ in range(iterations - 1):
+        v = l2_normalize(forward(u, w))
+        u = l2_normalize(adjoint(v, w))
+    v = l2_normalize(forward(u, w))
+    t = adjoint(v, kernel)
+    return ops.stop_gradient(l2_normalize(t)), _norm(t)
 
 
 def gram_spectral_norm_upper_bound(matrix, iterations):

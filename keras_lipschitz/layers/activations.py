@@ -168,6 +168,9 @@ class GroupSort(_ChannelActivation):
             )
             self._pair_difference[2 * pairs, pairs] = 1.0
             self._pair_difference[2 * pairs + 1, pairs] = -1.0
+            # -P^T, so that the output is an add (whose gradient is free)
+            # rather than a subtract (whose gradient negates a full tensor).
+            self._pair_spread = np.ascontiguousarray(-self._pair_difference.T)
 
     def call(self, inputs):
         if self.group_size == 2:
@@ -179,7 +182,7 @@ class GroupSort(_ChannelActivation):
         return ops.reshape(sorted_groups, shape)
 
     def _sort_pairs(self, inputs):
-        """MaxMin of adjacent pairs as `x - relu(x P) P^T`.
+        """MaxMin of adjacent pairs as `x + relu(x P) (-P^T)`.
 
         With d = a - b for the pair (a, b): (a - relu(d), b + relu(d)) is
         (min, max). Two small matmuls and a ReLU cost about as much as a
@@ -198,9 +201,8 @@ class GroupSort(_ChannelActivation):
         # 2-D matmuls are 10-20 % faster than batched ones on every backend.
         flat = ops.reshape(x, (-1, self._channels))
         p = ops.convert_to_tensor(self._pair_difference, dtype=x.dtype)
-        flat = flat - ops.matmul(
-            ops.relu(ops.matmul(flat, p)), ops.transpose(p)
-        )
+        spread = ops.convert_to_tensor(self._pair_spread, dtype=x.dtype)
+        flat = ops.add(flat, ops.matmul(ops.relu(ops.matmul(flat, p)), spread))
         y = ops.reshape(flat, shape)
         return y if last else ops.moveaxis(y, -1, self._channel_axis)
 

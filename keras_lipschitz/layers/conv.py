@@ -195,7 +195,10 @@ class _LipschitzConv2D(keras.layers.Layer):
 
     def _constrained_kernel(self, training):
         kernel = ops.cast(self.kernel, "float32")
-        return self._constrain(kernel, training) * self.lipschitz
+        kernel = self._constrain(kernel, training)
+        # A Python-level check: no extra kernel-sized op (nor its gradient)
+        # for the default constant.
+        return kernel if self.lipschitz == 1.0 else kernel * self.lipschitz
 
     def call(self, inputs, training=None):
         self._check_input_size(inputs)
@@ -513,7 +516,9 @@ class SpectralConv2D(_LipschitzConv2D):
             # Not written back: inference never mutates the layer.
             x = self._lanczos(kernel, u, self.eval_power_iterations)
             _, sigma = self._power_iteration(kernel, x, 0)
-        return kernel / sigma
+        # A multiply by the scalar 1/sigma has a cheaper gradient than a
+        # kernel-sized division.
+        return kernel * ops.reciprocal(sigma)
 
     def get_config(self):
         config = super().get_config()

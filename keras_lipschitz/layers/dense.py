@@ -81,7 +81,10 @@ class _LipschitzDense(keras.layers.Layer):
 
     def _constrained_kernel(self, training):
         kernel = ops.cast(self.kernel, "float32")
-        return self._constrain(kernel, training) * self.lipschitz
+        kernel = self._constrain(kernel, training)
+        # A Python-level check: no extra kernel-sized op (nor its gradient)
+        # for the default constant.
+        return kernel if self.lipschitz == 1.0 else kernel * self.lipschitz
 
     def call(self, inputs, training=None):
         kernel = ops.cast(self._constrained_kernel(training), inputs.dtype)
@@ -234,7 +237,7 @@ class SpectralDense(_PowerIterationDense):
     """
 
     def _constrain(self, kernel, training):
-        return kernel / self._sigma(kernel, training)
+        return kernel * ops.reciprocal(self._sigma(kernel, training))
 
 
 @keras_lipschitz_export
