@@ -118,6 +118,17 @@ def parse_args(argv=None):
         "(default: %(default)s, i.e. XLA on TF and JAX, eager on torch)",
     )
     parser.add_argument(
+        "--tf-data-autotune",
+        default="on",
+        choices=("on", "off"),
+        help="TensorFlow only: 'off' feeds every model the same shuffled, "
+        "batched tf.data pipeline with tf.data autotuning disabled, instead "
+        "of NumPy arrays (whose Keras pipeline is autotuned). On a 2-core "
+        "CPU the autotuner stalls whole epochs of either model at random "
+        "(see benchmarks/README.md); 'off' removes that noise "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="also time a third model, plain Conv2D/Dense with our "
@@ -255,10 +266,33 @@ def _jit(value):
 
 
 def time_fit(model, x, y, batch_size):
-    """Wall-clock and process CPU seconds (all threads) of one epoch."""
+    """Wall-clock and process CPU seconds (all threads) of one epoch.
+
+    `y` None means `x` is a dataset that yields shuffled batches.
+    """
     wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
+    if y is None:
+        model.fit(x, epochs=1, verbose=0)
+    else:
+        model.fit(
+            x, y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0
+        )
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def tf_dataset_without_autotune(x, y, batch_size):
+    """The arrays as a reshuffled, batched tf.data pipeline, not autotuned."""
+    import tensorflow as tf
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=0, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(1)
+    )
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def time_predict(model, x, batch_size):
@@ -292,16 +326,25 @@ def run_child(args):
     warm = min(args.epoch_samples, 3 * bs + rem)
     for model in models.values():
         model.fit(x[:warm], y[:warm], batch_size=bs, epochs=1, verbose=0)
+        if backend == "tensorflow" and args.tf_data_autotune == "off":
+            model.fit(
+                tf_dataset_without_autotune(x[:warm], y[:warm], bs),
+                epochs=1,
+                verbose=0,
+            )
 
     names = list(models)
     times = {name: [] for name in names}
     cpu_times = {name: [] for name in names}
+    fit_x, fit_y = x, y
+    if backend == "tensorflow" and args.tf_data_autotune == "off":
+        fit_x, fit_y = tf_dataset_without_autotune(x, y, bs), None
     for rep in range(args.repeats):
         # Rotate which model goes first so drifts in machine load hit all
         # of them equally.
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
-            wall, cpu = time_fit(models[name], x, y, bs)
+            wall, cpu = time_fit(models[name], fit_x, fit_y, bs)
             times[name].append(wall)
             cpu_times[name].append(cpu)
         print(
@@ -320,6 +363,7 @@ def run_child(args):
         "backend_version": _backend_version(backend),
         "keras_lipschitz": keras_lipschitz.__version__,
         "jit_compile": str(ours.jit_compile),
+        "tf_data_autotune": args.tf_data_autotune,
         "epoch_samples": args.epoch_samples,
         "batch_size": bs,
         "repeats": args.repeats,
