@@ -119,13 +119,14 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--tf-data-autotune",
-        default="on",
+        default="off",
         choices=("on", "off"),
-        help="TensorFlow only: 'off' feeds every model the same shuffled, "
-        "batched tf.data pipeline with tf.data autotuning disabled, instead "
-        "of NumPy arrays (whose Keras pipeline is autotuned). On a 2-core "
-        "CPU the autotuner stalls whole epochs of either model at random "
-        "(see benchmarks/README.md); 'off' removes that noise "
+        help="TensorFlow only. 'off' feeds every model the same shuffled, "
+        "batched tf.data pipeline with tf.data autotuning disabled; 'on' "
+        "passes the NumPy arrays to fit, whose Keras pipeline is "
+        "autotuned. On a 2-core CPU the autotuner stalls whole epochs of "
+        "either model at random (wall time up to 2x, see "
+        "benchmarks/README.md), so 'off' is the default "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -542,6 +543,8 @@ def result_rows(results):
             f"median of {r['repeats']}, {r['backend']} "
             f"{r['backend_version']}, jit_compile={r['jit_compile']}"
         )
+        if r["backend"] == "tensorflow":
+            setting += f", tf.data autotune {r.get('tf_data_autotune', 'on')}"
         rows.append(
             {
                 "benchmark": BENCHMARK_NAME,
