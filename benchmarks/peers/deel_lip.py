@@ -76,10 +76,23 @@ def main():
         warm = min(args.epoch_samples, 3 * bs + rem)
         model.fit(x[:warm], y[:warm], batch_size=bs, epochs=1, verbose=0)
 
+    # The pipeline of mnist_deel_tutorial.py on TensorFlow (default
+    # --tf-data-autotune off): shuffled, batched, tf.data autotuning off,
+    # which on a 2-core CPU otherwise stalls whole epochs at random.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=0, reshuffle_each_iteration=True)
+        .batch(bs)
+        .prefetch(1)
+        .with_options(options)
+    )
+    for model in models.values():
+        model.fit(dataset.take(3), epochs=1, verbose=0)
+
     def epoch(model):
-        return lambda: model.fit(
-            x, y, batch_size=bs, epochs=1, shuffle=True, verbose=0
-        )
+        return lambda: model.fit(dataset, epochs=1, verbose=0)
 
     times = _common.time_interleaved(
         {name: epoch(m) for name, m in models.items()}, args.repeats
@@ -92,7 +105,8 @@ def main():
         "framework_backend": "tensorflow",
         "model_note": "deel-lip's SpectralConv2D/SpectralDense run power "
         "iteration AND Bjorck orthonormalization (their defaults); "
-        "keras-lipschitz's run power iteration only",
+        "keras-lipschitz's run power iteration only; tf.data autotune off "
+        "for both",
     }
     _common.emit(args, result, times)
 
