@@ -325,21 +325,22 @@ def run_child(args):
     # partial batch, that shape too (TF and JAX retrace on a new shape).
     rem = args.epoch_samples % bs
     warm = min(args.epoch_samples, 3 * bs + rem)
+    use_dataset = backend == "tensorflow" and args.tf_data_autotune == "off"
+
+    def fit_data(xs, ys):
+        # The warm-up goes through the same input path as the timed epochs.
+        if use_dataset:
+            return tf_dataset_without_autotune(xs, ys, bs), None
+        return xs, ys
+
+    warm_x, warm_y = fit_data(x[:warm], y[:warm])
     for model in models.values():
-        model.fit(x[:warm], y[:warm], batch_size=bs, epochs=1, verbose=0)
-        if backend == "tensorflow" and args.tf_data_autotune == "off":
-            model.fit(
-                tf_dataset_without_autotune(x[:warm], y[:warm], bs),
-                epochs=1,
-                verbose=0,
-            )
+        time_fit(model, warm_x, warm_y, bs)
 
     names = list(models)
     times = {name: [] for name in names}
     cpu_times = {name: [] for name in names}
-    fit_x, fit_y = x, y
-    if backend == "tensorflow" and args.tf_data_autotune == "off":
-        fit_x, fit_y = tf_dataset_without_autotune(x, y, bs), None
+    fit_x, fit_y = fit_data(x, y)
     for rep in range(args.repeats):
         # Rotate which model goes first so drifts in machine load hit all
         # of them equally.

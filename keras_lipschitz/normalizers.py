@@ -32,6 +32,16 @@ def _norm(x):
     return ops.sqrt(ops.maximum(ops.sum(ops.square(x)), EPSILON))
 
 
+def _normalized_and_norm(t):
+    """Returns `(t / ||t||, ||t||)` from one sum of squares.
+
+    The unit vector is gradient-stopped (the next warm start); the norm is
+    the differentiable estimate.
+    """
+    sigma = _norm(t)
+    return ops.stop_gradient(t / sigma), sigma
+
+
 def power_iteration_dense(kernel, u, iterations):
     """Power iteration for the largest singular value of a dense kernel.
 
@@ -72,8 +82,7 @@ def power_iteration_dense(kernel, u, iterations):
         v = l2_normalize(ops.matmul(u, ops.transpose(w)))
         u = l2_normalize(ops.matmul(v, w))
     v = l2_normalize(ops.matmul(u, ops.transpose(w)))
-    t = ops.matmul(v, kernel)
-    return ops.stop_gradient(l2_normalize(t)), _norm(t)
+    return _normalized_and_norm(ops.matmul(v, kernel))
 
 
 def conv_transpose_output_padding(
@@ -174,8 +183,7 @@ def power_iteration_conv(
         v = l2_normalize(forward(u, w))
         u = l2_normalize(adjoint(v, w))
     v = l2_normalize(forward(u, w))
-    t = adjoint(v, kernel)
-    return ops.stop_gradient(l2_normalize(t)), _norm(t)
+    return _normalized_and_norm(adjoint(v, kernel))
 
 
 def gram_spectral_norm_upper_bound(matrix, iterations):
@@ -208,11 +216,11 @@ def gram_spectral_norm_upper_bound(matrix, iterations):
     # log(sigma_max^2) <= log_scale + 2^-t log ||G_t||_F, accumulated.
     log_bound = ops.convert_to_tensor(0.0, dtype=matrix.dtype)
     for t in range(iterations):
-        norm = ops.sqrt(ops.maximum(ops.sum(ops.square(gram)), EPSILON))
+        norm = _norm(gram)
         log_bound = log_bound + ops.log(norm) / (2.0**t)
         gram = gram / norm
         gram = ops.matmul(gram, gram)
-    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(gram)), EPSILON))
+    norm = _norm(gram)
     log_bound = log_bound + ops.log(norm) / (2.0**iterations)
     # log_bound bounds log(sigma_max^2).
     return ops.exp(0.5 * log_bound)

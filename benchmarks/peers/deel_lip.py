@@ -13,10 +13,14 @@ size, optimizer, loss, synthetic data, warm-up and interleaving.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # benchmarks/
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import _common  # noqa: E402
+# Stdlib-only at import time (no Keras 3, no keras_lipschitz).
+from mnist_deel_tutorial import tf_dataset_without_autotune  # noqa: E402
 
 
 def main():
@@ -72,24 +76,15 @@ def main():
             optimizer=keras.optimizers.Adam(1e-3),
             loss=keras.losses.CategoricalCrossentropy(from_logits=True),
         )
-        rem = args.epoch_samples % bs
-        warm = min(args.epoch_samples, 3 * bs + rem)
-        model.fit(x[:warm], y[:warm], batch_size=bs, epochs=1, verbose=0)
 
-    # The pipeline of mnist_deel_tutorial.py on TensorFlow (default
-    # --tf-data-autotune off): shuffled, batched, tf.data autotuning off,
-    # which on a 2-core CPU otherwise stalls whole epochs at random.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .shuffle(len(x), seed=0, reshuffle_each_iteration=True)
-        .batch(bs)
-        .prefetch(1)
-        .with_options(options)
-    )
+    # The input pipeline of mnist_deel_tutorial.py on TensorFlow (its
+    # default --tf-data-autotune off), warm-up included.
+    rem = args.epoch_samples % bs
+    warm = min(args.epoch_samples, 3 * bs + rem)
+    warm_dataset = tf_dataset_without_autotune(x[:warm], y[:warm], bs)
     for model in models.values():
-        model.fit(dataset.take(3), epochs=1, verbose=0)
+        model.fit(warm_dataset, epochs=1, verbose=0)
+    dataset = tf_dataset_without_autotune(x, y, bs)
 
     def epoch(model):
         return lambda: model.fit(dataset, epochs=1, verbose=0)

@@ -81,3 +81,14 @@ def add_kernel_and_bias(layer, kernel_shape):
             regularizer=layer.bias_regularizer,
             constraint=layer.bias_constraint,
         )
+
+
+def scale_by_lipschitz(layer, kernel):
+    """`kernel * layer.lipschitz`, with no op at the default 1.0.
+
+    A Python-level check, so the default adds no kernel-sized multiply (nor
+    its gradient) to the training step.
+    """
+    if layer.lipschitz == 1.0:
+        return kernel
+    return kernel * layer.lipschitz

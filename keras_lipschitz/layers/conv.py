@@ -195,10 +195,9 @@ class _LipschitzConv2D(keras.layers.Layer):
 
     def _constrained_kernel(self, training):
         kernel = ops.cast(self.kernel, "float32")
-        kernel = self._constrain(kernel, training)
-        # A Python-level check: no extra kernel-sized op (nor its gradient)
-        # for the default constant.
-        return kernel if self.lipschitz == 1.0 else kernel * self.lipschitz
+        return _kernel_arguments.scale_by_lipschitz(
+            self, self._constrain(kernel, training)
+        )
 
     def call(self, inputs, training=None):
         self._check_input_size(inputs)
