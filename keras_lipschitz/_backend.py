@@ -2,10 +2,14 @@
 
 Only what `keras.ops` cannot express lives here: input gradients, used by
 attacks and empirical Lipschitz estimates, cross-replica sums, loops whose
-iterations must not overlap (memory of the chunked ℓ∞ layers), and whether
+iterations must not overlap (memory of the chunked ℓ∞ layers), whether
 the backend runs eagerly (which picks the faster of two formulations of
-the same maths). Backends are imported lazily, inside the functions.
+the same maths), and the fused TensorFlow CPU kernels of `GroupSort2` and
+`ScaledL2NormPooling2D`. Backends are imported lazily, inside the
+functions.
 """
+
+import os
 
 import keras
 
@@ -18,6 +22,33 @@ def runs_eagerly():
     and JAX compile the training step and fuse those ops themselves.
     """
     return keras.config.backend() == "torch"
+
+
+def fused_training_kernels(training):
+    """The compiled TensorFlow CPU kernels, when this call may use them.
+
+    Returns the `keras_lipschitz._tf_cpu_kernels` module, or None (then the
+    caller uses its `keras.ops` formulation, which the kernels reproduce).
+    They apply only to training calls (`training` true, so inference,
+    export and certification never depend on them) on the TensorFlow
+    backend, on a machine without a visible GPU, outside XLA
+    (`jit_compile`), unless the environment variable
+    `KERAS_LIPSCHITZ_TF_KERNELS` is `0`, and once they built.
+    """
+    try:
+        if not bool(training):
+            return None
+    except Exception:  # a symbolic flag: cannot tell, so do not use them
+        return None
+    if keras.config.backend() != "tensorflow":
+        return None
+    if os.environ.get("KERAS_LIPSCHITZ_TF_KERNELS", "1").strip() == "0":
+        return None
+    from keras_lipschitz import _tf_cpu_kernels
+
+    if not _tf_cpu_kernels.applies_here() or _tf_cpu_kernels.load() is None:
+        return None
+    return _tf_cpu_kernels
 
 
 def sequential_fori_loop(lower, upper, body, init):

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lipschitz import _backend
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers._base import OneLipschitzLayer
 from keras_lipschitz.layers import _validation
@@ -172,8 +173,17 @@ class GroupSort(_ChannelActivation):
             # rather than a subtract (whose gradient negates a full tensor).
             self._pair_spread = np.ascontiguousarray(-self._pair_difference.T)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         if self.group_size == 2:
+            kernels = _backend.fused_training_kernels(training)
+            if (
+                kernels is not None
+                and self._channel_axis == len(inputs.shape) - 1
+                and keras.backend.standardize_dtype(inputs.dtype) == "float32"
+            ):
+                # One pass each way on TensorFlow's CPU executor; the same
+                # floats as `_sort_pairs`.
+                return kernels.min_max_pairs(inputs)
             return self._sort_pairs(inputs)
         if self.group_size == self._channels:
             return ops.sort(inputs, axis=self._channel_axis)
@@ -186,10 +196,12 @@ class GroupSort(_ChannelActivation):
 
         With d = a - b for the pair (a, b): (a - relu(d), b + relu(d)) is
         (min, max). Two small matmuls and a ReLU are the fastest
-        formulation measured on every backend: 1.0-1.25x a plain ReLU on
-        torch and JAX, about 2x on TensorFlow's CPU graph executor (no op
-        fusion there), whereas reshaping channels into pairs and
-        interleaving them back costs 2-6x more (benchmarks/README.md).
+        `keras.ops` formulation measured on every backend: 1.0-1.25x a
+        plain ReLU on torch and JAX, about 2x on TensorFlow's CPU graph
+        executor (no op fusion there; its training steps use a fused
+        kernel with the same arithmetic, `_backend.fused_training_kernels`),
+        whereas reshaping channels into pairs and interleaving them back
+        costs 2-6x more (benchmarks/README.md).
         The outputs are exact up to the float32 rounding of a - b: each is
         within 2 eps max(|a|, |b|) of the true min/max (so a pair such as
         (1e4, -1e-4) yields min 0, not -1e-4). This does not affect the

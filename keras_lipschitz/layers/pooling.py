@@ -329,8 +329,17 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
         )
         self.epsilon = _validate_epsilon(epsilon)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x = _to_float32_if_half(inputs)
+        kernels = _backend.fused_training_kernels(training)
+        if (
+            kernels is not None
+            and self.data_format == "channels_last"
+            and keras.backend.standardize_dtype(x.dtype) == "float32"
+        ):
+            # One pass each way on TensorFlow's CPU executor.
+            outputs = kernels.l2_norm_pool(x, self.pool_size, self.epsilon)
+            return ops.cast(outputs, inputs.dtype)
         # The fused gradient reshapes with static sizes; compiled backends
         # fuse the autodiff gradient themselves (no faster by hand).
         if None in x.shape[1:] or not _backend.runs_eagerly():
