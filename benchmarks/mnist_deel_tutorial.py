@@ -50,6 +50,7 @@ Usage:
     python benchmarks/mnist_deel_tutorial.py --epoch-samples 10240  # quick
     python benchmarks/mnist_deel_tutorial.py --data ../shared/data/mnist.npz
     python benchmarks/mnist_deel_tutorial.py --quick --json rows.json
+    python benchmarks/mnist_deel_tutorial.py --backends tensorflow --tf-kernels off
 
 `--json PATH` writes the rows of the benchmark-suite convention
 (benchmarks/run_all.py); `--raw-json PATH` writes the full per-backend
@@ -127,6 +128,16 @@ def parse_args(argv=None):
         "autotuned. On a 2-core CPU the autotuner stalls whole epochs of "
         "either model at random (wall time up to 2x, see "
         "benchmarks/README.md), so 'off' is the default "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tf-kernels",
+        default="on",
+        choices=("on", "off"),
+        help="TensorFlow only. 'on' lets GroupSort2 and "
+        "ScaledL2NormPooling2D train with keras-lipschitz's fused CPU "
+        "kernels (compiled on first use; not under XLA); 'off' sets "
+        "KERAS_LIPSCHITZ_TF_KERNELS=0, so they train through keras.ops "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -281,6 +292,17 @@ def time_fit(model, x, y, batch_size):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _tf_kernels_state(backend, jit_compile):
+    """Whether our layers trained with the fused TF CPU kernels here."""
+    if backend != "tensorflow":
+        return "n/a"
+    from keras_lipschitz import _backend
+
+    if _backend.fused_training_kernels(True) is None:
+        return "off"
+    return "off (XLA)" if jit_compile else "on"
+
+
 def tf_dataset_without_autotune(x, y, batch_size):
     """The arrays as a reshuffled, batched tf.data pipeline, not autotuned."""
     import tensorflow as tf
@@ -366,6 +388,7 @@ def run_child(args):
         "keras_lipschitz": keras_lipschitz.__version__,
         "jit_compile": str(ours.jit_compile),
         "tf_data_autotune": args.tf_data_autotune,
+        "tf_kernels": _tf_kernels_state(backend, ours.jit_compile),
         "epoch_samples": args.epoch_samples,
         "batch_size": bs,
         "repeats": args.repeats,
@@ -458,6 +481,8 @@ def run_parent(args, argv):
     for backend in backends:
         env = dict(os.environ, KERAS_BACKEND=backend)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if args.tf_kernels == "off":
+            env["KERAS_LIPSCHITZ_TF_KERNELS"] = "0"
         cmd = [sys.executable, os.path.abspath(__file__), "--child"]
         cmd += child_argv
         print(f"== {backend} ==", flush=True)
@@ -546,6 +571,7 @@ def result_rows(results):
         )
         if r["backend"] == "tensorflow":
             setting += f", tf.data autotune {r.get('tf_data_autotune', 'on')}"
+            setting += f", fused CPU kernels {r.get('tf_kernels', 'off')}"
         rows.append(
             {
                 "benchmark": BENCHMARK_NAME,

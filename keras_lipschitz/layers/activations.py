@@ -118,6 +118,11 @@ class GroupSort(_ChannelActivation):
     SOC returns `(max, min)` of the two channel halves); $g = C$ is
     `FullSort`.
 
+    With $g = 2$, training calls on TensorFlow without a GPU or XLA run a
+    fused C++ kernel that gives the same floats as the `keras.ops`
+    formulation (see "Fused TensorFlow CPU kernels" in the backends
+    guide).
+
     Reference: Anil, Lucas, Grosse, "Sorting out Lipschitz function
     approximation", ICML 2019.
 

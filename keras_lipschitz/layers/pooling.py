@@ -282,7 +282,10 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
     \\varepsilon} = \\sqrt{\\sum x^2 + n\\varepsilon}$; here $\\varepsilon$ is
     not multiplied by the window size $n$, consistently with
     `ScaledGlobalL2NormPooling2D`. Half-precision inputs are pooled in
-    float32 and the result is cast back.
+    float32 and the result is cast back. Training calls on TensorFlow
+    without a GPU or XLA (`channels_last`) run a fused C++ kernel that
+    matches the `keras.ops` formulation (see "Fused TensorFlow CPU
+    kernels" in the backends guide).
 
     Reference: deel-lip `ScaledL2NormPooling2D` (Serrurier et al.,
     "Achieving robustness in classification using optimal transport with
