@@ -50,7 +50,7 @@ Usage:
     python benchmarks/mnist_deel_tutorial.py --epoch-samples 10240  # quick
     python benchmarks/mnist_deel_tutorial.py --data ../shared/data/mnist.npz
     python benchmarks/mnist_deel_tutorial.py --quick --json rows.json
-    python benchmarks/mnist_deel_tutorial.py --backends tensorflow --tf-kernels off
+    python benchmarks/mnist_deel_tutorial.py --tf-kernels off  # TF: keras.ops
 
 `--json PATH` writes the rows of the benchmark-suite convention
 (benchmarks/run_all.py); `--raw-json PATH` writes the full per-backend

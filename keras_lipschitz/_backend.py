@@ -38,7 +38,7 @@ def fused_training_kernels(training):
     try:
         if not bool(training):
             return None
-    except Exception:  # a symbolic flag: cannot tell, so do not use them
+    except (TypeError, ValueError):  # a symbolic flag: cannot tell
         return None
     if keras.config.backend() != "tensorflow":
         return None

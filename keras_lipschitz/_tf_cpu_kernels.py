@@ -71,7 +71,7 @@ def _cache_dir():
         return fallback
 
 
-def _build(compiler):
+def _build(compiler, rebuild=False):
     """Compiles the kernels (or finds them cached); returns the .so path."""
     with open(_SOURCE, "rb") as f:
         source = f.read()
@@ -88,7 +88,7 @@ def _build(compiler):
     ).hexdigest()[:16]
     directory = _cache_dir()
     library = os.path.join(directory, f"tf_cpu_kernels-{key}.so")
-    if os.path.exists(library):
+    if os.path.exists(library) and not rebuild:
         return library
     _LOGGER.info("keras_lipschitz: compiling TensorFlow CPU kernels (once)")
     # Build under a unique name, then rename: concurrent processes (pytest
@@ -101,6 +101,7 @@ def _build(compiler):
             capture_output=True,
             text=True,
             timeout=600,
+            check=False,
         )
         if result.returncode:
             raise RuntimeError(result.stderr[-2000:])
@@ -166,11 +167,18 @@ def load():
             try:
                 compiler = _compiler()
                 if compiler is None:
-                    raise RuntimeError("no C++ compiler found ($CXX, g++, c++, clang++)")
-                module = tf.load_op_library(_build(compiler))
+                    raise RuntimeError(
+                        "no C++ compiler found ($CXX, g++, c++, clang++)"
+                    )
+                try:
+                    module = tf.load_op_library(_build(compiler))
+                except tf.errors.OpError:
+                    # A cached library that no longer loads: build afresh.
+                    module = tf.load_op_library(_build(compiler, True))
                 _register_gradients(module)
                 _LIBRARY = module
-            except Exception as error:  # any failure means: use keras.ops
+            # Any failure (compiler, headers, ABI) means: use keras.ops.
+            except Exception as error:  # noqa: BLE001
                 _LIBRARY = False
                 warnings.warn(
                     "keras_lipschitz could not build its TensorFlow CPU "
