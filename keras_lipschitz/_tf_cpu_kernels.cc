@@ -65,10 +65,21 @@ bool HasEvenLastAxis(const Tensor& x) {
   return x.dims() >= 1 && x.dim_size(x.dims() - 1) % 2 == 0;
 }
 
+#if defined(__SSE2__)
+// Two pairs per vector: lanes (a, b, a', b').
+inline __m128 SwapWithinPairs(__m128 v) {
+  return _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1));
+}
+
+// s (x - swapped x) with signs s = (+1, -1, +1, -1): a - b in both lanes
+// of each pair, rounded exactly as the scalar a - b.
+inline __m128 PairDifferences(__m128 x, __m128 signs) {
+  return _mm_mul_ps(_mm_sub_ps(x, SwapWithinPairs(x)), signs);
+}
+#endif
+
 // Pairs [begin, end). Branch-free: the comparison is random for real data.
-// With SSE2, two pairs per vector: lane values x, partners p (the pair
-// swapped) and signs s = (+1, -1): s (x - p) = a - b in both lanes, and
-// x - s r = (a - r, b + r), bit for bit the scalar formula.
+// With SSE2, x - s r = (a - r, b + r): bit for bit the scalar formula.
 void MinMaxPairs(const float* in, float* out, int64_t begin, int64_t end) {
   int64_t i = begin;
 #if defined(__SSE2__)
@@ -76,8 +87,7 @@ void MinMaxPairs(const float* in, float* out, int64_t begin, int64_t end) {
   const __m128 zero = _mm_setzero_ps();
   for (; i + 2 <= end; i += 2) {
     const __m128 x = _mm_loadu_ps(in + 2 * i);
-    const __m128 p = _mm_shuffle_ps(x, x, _MM_SHUFFLE(2, 3, 0, 1));
-    const __m128 r = _mm_max_ps(_mm_mul_ps(_mm_sub_ps(x, p), signs), zero);
+    const __m128 r = _mm_max_ps(PairDifferences(x, signs), zero);
     _mm_storeu_ps(out + 2 * i, _mm_sub_ps(x, _mm_mul_ps(signs, r)));
   }
 #endif
@@ -97,12 +107,9 @@ void MinMaxPairsGrad(const float* in, const float* g, float* out,
   const __m128 zero = _mm_setzero_ps();
   for (; i + 2 <= end; i += 2) {
     const __m128 x = _mm_loadu_ps(in + 2 * i);
-    const __m128 p = _mm_shuffle_ps(x, x, _MM_SHUFFLE(2, 3, 0, 1));
-    const __m128 swap =
-        _mm_cmpgt_ps(_mm_mul_ps(_mm_sub_ps(x, p), signs), zero);
+    const __m128 swap = _mm_cmpgt_ps(PairDifferences(x, signs), zero);
     const __m128 up = _mm_loadu_ps(g + 2 * i);
-    const __m128 swapped = _mm_shuffle_ps(up, up, _MM_SHUFFLE(2, 3, 0, 1));
-    _mm_storeu_ps(out + 2 * i, _mm_or_ps(_mm_and_ps(swap, swapped),
+    _mm_storeu_ps(out + 2 * i, _mm_or_ps(_mm_and_ps(swap, SwapWithinPairs(up)),
                                          _mm_andnot_ps(swap, up)));
   }
 #endif

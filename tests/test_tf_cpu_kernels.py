@@ -176,6 +176,13 @@ def small_model():
     )
 
 
+def regression_data(samples, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(samples, 10, 10, 3)).astype("float32")
+    y = rng.normal(size=(samples, 3)).astype("float32")
+    return x, y
+
+
 class CountingKernels:
     """Wraps the kernel entry points to count the calls made while tracing."""
 
@@ -195,9 +202,7 @@ class CountingKernels:
 def test_training_uses_kernels_and_matches_keras_ops(monkeypatch):
     module = kernels_or_skip()
     counter = CountingKernels(monkeypatch, module)
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(32, 10, 10, 3)).astype("float32")
-    y = rng.normal(size=(32, 3)).astype("float32")
+    x, y = regression_data(32, seed=4)
     models = []
     for enabled in ("1", "0"):
         monkeypatch.setenv("KERAS_LIPSCHITZ_TF_KERNELS", enabled)
@@ -219,9 +224,7 @@ def test_training_uses_kernels_and_matches_keras_ops(monkeypatch):
 def test_kernels_unused_in_inference_and_under_xla(monkeypatch):
     module = kernels_or_skip()
     counter = CountingKernels(monkeypatch, module)
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(16, 10, 10, 3)).astype("float32")
-    y = rng.normal(size=(16, 3)).astype("float32")
+    x, y = regression_data(16, seed=5)
     model = small_model()
     model.compile(keras.optimizers.SGD(0.01), "mse", jit_compile=True)
     model.fit(x, y, batch_size=8, verbose=0)
