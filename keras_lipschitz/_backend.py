@@ -2,11 +2,11 @@
 
 Only what `keras.ops` cannot express lives here: input gradients, used by
 attacks and empirical Lipschitz estimates, cross-replica sums, loops whose
-iterations must not overlap (memory of the chunked ℓ∞ layers), whether
-the backend runs eagerly (which picks the faster of two formulations of
-the same maths), and the fused TensorFlow CPU kernels of `GroupSort2` and
-`ScaledL2NormPooling2D`. Backends are imported lazily, inside the
-functions.
+iterations must not overlap (memory of the chunked ℓ∞ layers), which of
+two formulations of the same maths is faster on a backend (eager
+execution, small-image convolutions), and the fused TensorFlow CPU kernels
+of `GroupSort2` and `ScaledL2NormPooling2D`. Backends are imported lazily,
+inside the functions.
 """
 
 import os
@@ -22,6 +22,25 @@ def runs_eagerly():
     and JAX compile the training step and fuse those ops themselves.
     """
     return keras.config.backend() == "torch"
+
+
+def small_image_conv_is_slow(image_size, kernel_size):
+    """Whether a "same" conv on an image smaller than its kernel is slow.
+
+    XLA's CPU convolution (JAX on CPU) takes a slow generic path when the
+    image is smaller than the kernel: a 3x3 conv of a 2x2x512 batch runs
+    about 60x slower than the same arithmetic on a 4x4x256 batch, and than
+    the same conv as one matrix product (`normalizers.conv_same`). This
+    happens in the last blocks of SOC networks (LipConvNet on CIFAR-10).
+    TensorFlow (oneDNN), torch and GPUs have no such cliff.
+    """
+    if keras.config.backend() != "jax":
+        return False
+    if not any(n < k for n, k in zip(image_size, kernel_size)):
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
 
 
 def fused_training_kernels(training):

@@ -100,6 +100,63 @@ def test_soc_conv_jacobian_is_orthogonal_and_bound_sound(
     check()
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_soc_conv_on_images_smaller_than_the_kernel(fast):
+    """2x2 and 1x1 grids: the conv as one matmul on JAX/CPU, `ops.conv`
+    elsewhere. Orthogonal at construction; after training, the bound still
+    holds (large pushes outrun one power iteration per step, so the scaled
+    kernel can exceed norm 1 and the truncated series is then no longer
+    orthogonal: that is what the bound's truncation term covers)."""
+    for shape in [(4, 4, 2), (2, 2, 8)]:  # 2x2 and 1x1 after space-to-depth
+        layer = SOCConv2D(8, 3, strides=2, use_bias=False, fast_backward=fast)
+        layer.build((None, *shape))
+        values = helpers.layer_singular_values(layer, shape)
+        np.testing.assert_allclose(values, 1.0, atol=TOL)
+        assert helpers.push_weights(layer, shape) > 0.1
+        values = helpers.layer_singular_values(layer, shape)
+        bound = layer.lipschitz_upper_bound()
+        assert bound >= values[0] * (1 - FLOAT32_SLACK), (bound, values[0])
+
+
+@pytest.mark.parametrize(
+    "image, kernel",
+    [((1, 1), (3, 3)), ((2, 2), (3, 3)), ((2, 3), (5, 3)), ((3, 5), (3, 1))],
+)
+def test_conv_same_by_matmul_matches_conv(image, kernel):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, *image, 4)).astype("float32")
+    k = rng.normal(size=(*kernel, 4, 5)).astype("float32")
+    g = rng.normal(size=(3, *image, 5)).astype("float32")
+
+    def inner(conv):
+        return lambda x, k: ops.sum(conv(x, k) * ops.convert_to_tensor(g))
+
+    expected = helpers.to_numpy(ops.conv(x, k, strides=1, padding="same"))
+    actual = helpers.to_numpy(normalizers.conv_same_by_matmul(x, k))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    def reference(x, k):
+        return ops.conv(x, k, strides=1, padding="same")
+
+    for got, want in zip(
+        _gradients(inner(normalizers.conv_same_by_matmul), x, k),
+        _gradients(inner(reference), x, k),
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_small_image_conv_dispatch():
+    slow = keras_lipschitz._backend.small_image_conv_is_slow
+    assert not slow((4, 4), (3, 3))
+    if keras.config.backend() == "jax":
+        import jax
+
+        on_cpu = jax.default_backend() == "cpu"
+        assert slow((2, 2), (3, 3)) == on_cpu
+        assert slow((4, 1), (3, 3)) == on_cpu
+    else:
+        assert not slow((2, 2), (3, 3))
+
+
 def test_soc_conv_training_terms_are_not_orthogonal():
     """The test above can fail: 1 Taylor term gives I + J, not orthogonal."""
     shape = (4, 4, 4)
