@@ -296,9 +296,12 @@ def _tf_kernels_state(backend, jit_compile):
     """Whether our layers trained with the fused TF CPU kernels here."""
     if backend != "tensorflow":
         return "n/a"
+    import numpy as np
+
     from keras_lipschitz import _backend
 
-    if _backend.fused_training_kernels(True) is None:
+    float32_input = np.zeros((1, 2), "float32")
+    if _backend.fused_training_kernels(True, float32_input) is None:
         return "off"
     return "off (XLA)" if jit_compile else "on"
 

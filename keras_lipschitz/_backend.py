@@ -43,16 +43,17 @@ def small_image_conv_is_slow(image_size, kernel_size):
     return jax.default_backend() == "cpu"
 
 
-def fused_training_kernels(training):
+def fused_training_kernels(training, inputs):
     """The compiled TensorFlow CPU kernels, when this call may use them.
 
     Returns the `keras_lipschitz._tf_cpu_kernels` module, or None (then the
     caller uses its `keras.ops` formulation, which the kernels reproduce).
     They apply only to training calls (`training` true, so inference,
-    export and certification never depend on them) on the TensorFlow
-    backend, on a machine without a visible GPU, outside XLA
+    export and certification never depend on them) on float32 `inputs`, on
+    the TensorFlow backend, on a machine without a visible GPU, outside XLA
     (`jit_compile`), unless the environment variable
-    `KERAS_LIPSCHITZ_TF_KERNELS` is `0`, and once they built.
+    `KERAS_LIPSCHITZ_TF_KERNELS` is `0`, and once they built. The caller
+    checks the layout its kernel needs.
     """
     try:
         if not bool(training):
@@ -60,6 +61,8 @@ def fused_training_kernels(training):
     except (TypeError, ValueError):  # a symbolic flag: cannot tell
         return None
     if keras.config.backend() != "tensorflow":
+        return None
+    if keras.backend.standardize_dtype(inputs.dtype) != "float32":
         return None
     if os.environ.get("KERAS_LIPSCHITZ_TF_KERNELS", "1").strip() == "0":
         return None

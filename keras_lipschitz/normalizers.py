@@ -75,16 +75,32 @@ def power_iteration_dense(kernel, u, iterations):
         `(u_new, sigma)`: the gradient-stopped new vector, shape
         `(1, d_out)`, and the differentiable scalar estimate.
     """
+    return _power_iteration(
+        lambda x, k: ops.matmul(x, ops.transpose(k)),
+        ops.matmul,
+        kernel,
+        u,
+        iterations,
+    )
+
+
+def _power_iteration(forward, adjoint, kernel, u, iterations):
+    """The loop shared by `power_iteration_dense` and `power_iteration_conv`.
+
+    `forward(x, k)` applies the operator of kernel `k` and `adjoint(y, k)`
+    its transpose. The loop runs on the gradient-stopped kernel; the last
+    half-step uses `kernel` itself, so the estimate is differentiable.
+    """
     u = ops.stop_gradient(u)
     if iterations == 0:
         u = l2_normalize(u)
-        return u, _norm(ops.matmul(u, ops.transpose(kernel)))
+        return u, _norm(forward(u, kernel))
     w = ops.stop_gradient(kernel)
     for _ in range(iterations - 1):
-        v = l2_normalize(ops.matmul(u, ops.transpose(w)))
-        u = l2_normalize(ops.matmul(v, w))
-    v = l2_normalize(ops.matmul(u, ops.transpose(w)))
-    return _normalized_and_norm(ops.matmul(v, kernel))
+        v = l2_normalize(forward(u, w))
+        u = l2_normalize(adjoint(v, w))
+    v = l2_normalize(forward(u, w))
+    return _normalized_and_norm(adjoint(v, kernel))
 
 
 def conv_transpose_output_padding(
@@ -176,16 +192,7 @@ def power_iteration_conv(
             data_format=data_format,
         )
 
-    u = ops.stop_gradient(u)
-    if iterations == 0:
-        u = l2_normalize(u)
-        return u, _norm(forward(u, kernel))
-    w = ops.stop_gradient(kernel)
-    for _ in range(iterations - 1):
-        v = l2_normalize(forward(u, w))
-        u = l2_normalize(adjoint(v, w))
-    v = l2_normalize(forward(u, w))
-    return _normalized_and_norm(adjoint(v, kernel))
+    return _power_iteration(forward, adjoint, kernel, u, iterations)
 
 
 def gram_spectral_norm_upper_bound(matrix, iterations):
@@ -660,19 +667,18 @@ def skew_conv_exponential(x, kernel, terms, fast_backward=False):
         A tensor of `x`'s shape.
     """
 
-    conv = conv_same
     x = ops.convert_to_tensor(x)
     kernel = ops.convert_to_tensor(kernel, dtype=x.dtype)
     if not fast_backward:
-        return taylor_exponential(x, lambda t: conv(t, kernel), terms)
+        return taylor_exponential(x, lambda t: conv_same(t, kernel), terms)
     kernel_size = tuple(kernel.shape[:2])
 
     @ops.custom_gradient
     def exponential(x, kernel):
         z = x
         for i in range(terms, 1, -1):
-            z = x + conv(z, kernel) / float(i)
-        outputs = x + conv(z, kernel)
+            z = x + conv_same(z, kernel) / float(i)
+        outputs = x + conv_same(z, kernel)
 
         def grad(*args, upstream=None):
             # torch passes (x, kernel, upstream=g); JAX and TF pass (g,).
@@ -681,9 +687,9 @@ def skew_conv_exponential(x, kernel, terms, fast_backward=False):
             adjoint = conv_adjoint_kernel(kernel)
             g = upstream
             for i in range(terms, 1, -1):
-                g = upstream + conv(g, adjoint) / float(i)
+                g = upstream + conv_same(g, adjoint) / float(i)
             grad_kernel = conv_kernel_gradient(z, g, kernel_size)
-            grad_x = upstream + conv(g, adjoint)
+            grad_x = upstream + conv_same(g, adjoint)
             return grad_x, grad_kernel
 
         return outputs, grad

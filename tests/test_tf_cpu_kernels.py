@@ -22,6 +22,8 @@ from keras_lipschitz.layers import GroupSort2
 from keras_lipschitz.layers import ScaledL2NormPooling2D
 
 ON_TF = keras.config.backend() == "tensorflow"
+# Any float32 input: the kernels only take float32.
+FLOAT32_INPUT = np.zeros((1, 2), "float32")
 only_tf = pytest.mark.skipif(not ON_TF, reason="TensorFlow-only kernels")
 
 
@@ -30,16 +32,18 @@ def kernels_or_skip():
 
     if _tf_cpu_kernels._compiler() is None:
         pytest.skip("no C++ compiler to build the TensorFlow kernels")
-    module = _backend.fused_training_kernels(True)
+    module = _backend.fused_training_kernels(True, FLOAT32_INPUT)
     assert module is not None, "a compiler is present but the build failed"
     return module
 
 
 def test_kernels_apply_only_to_tensorflow_training_calls():
-    assert _backend.fused_training_kernels(False) is None
-    assert _backend.fused_training_kernels(None) is None
+    assert _backend.fused_training_kernels(False, FLOAT32_INPUT) is None
+    assert _backend.fused_training_kernels(None, FLOAT32_INPUT) is None
+    half = np.zeros((1, 2), "float16")
+    assert _backend.fused_training_kernels(True, half) is None
     if not ON_TF:
-        assert _backend.fused_training_kernels(True) is None
+        assert _backend.fused_training_kernels(True, FLOAT32_INPUT) is None
         return
     kernels_or_skip()
 
@@ -48,7 +52,7 @@ def test_kernels_apply_only_to_tensorflow_training_calls():
 def test_kernels_can_be_disabled_by_environment(monkeypatch):
     kernels_or_skip()
     monkeypatch.setenv("KERAS_LIPSCHITZ_TF_KERNELS", "0")
-    assert _backend.fused_training_kernels(True) is None
+    assert _backend.fused_training_kernels(True, FLOAT32_INPUT) is None
 
 
 def pair_test_inputs():
@@ -248,8 +252,9 @@ def test_failed_build_falls_back_with_one_warning(tmp_path):
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            first = _backend.fused_training_kernels(True)
-            second = _backend.fused_training_kernels(True)
+            x = np.zeros((1, 2), "float32")
+            first = _backend.fused_training_kernels(True, x)
+            second = _backend.fused_training_kernels(True, x)
         x = np.array([[3.0, 1.0, -2.0, 5.0]], "float32")
         y = np.asarray(GroupSort2()(x, training=True))
         print(first is None, second is None, len(caught), y.tolist())

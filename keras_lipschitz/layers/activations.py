@@ -180,11 +180,10 @@ class GroupSort(_ChannelActivation):
 
     def call(self, inputs, training=None):
         if self.group_size == 2:
-            kernels = _backend.fused_training_kernels(training)
+            kernels = _backend.fused_training_kernels(training, inputs)
             if (
                 kernels is not None
                 and self._channel_axis == len(inputs.shape) - 1
-                and keras.backend.standardize_dtype(inputs.dtype) == "float32"
             ):
                 # One pass each way on TensorFlow's CPU executor; the same
                 # floats as `_sort_pairs`.

@@ -334,12 +334,8 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
 
     def call(self, inputs, training=None):
         x = _to_float32_if_half(inputs)
-        kernels = _backend.fused_training_kernels(training)
-        if (
-            kernels is not None
-            and self.data_format == "channels_last"
-            and keras.backend.standardize_dtype(x.dtype) == "float32"
-        ):
+        kernels = _backend.fused_training_kernels(training, x)
+        if kernels is not None and self.data_format == "channels_last":
             # One pass each way on TensorFlow's CPU executor.
             outputs = kernels.l2_norm_pool(x, self.pool_size, self.epsilon)
             return ops.cast(outputs, inputs.dtype)
