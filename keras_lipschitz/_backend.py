@@ -28,9 +28,10 @@ def small_image_conv_is_slow(image_size, kernel_size):
     """Whether a "same" conv on an image smaller than its kernel is slow.
 
     XLA's CPU convolution (JAX on CPU) takes a slow generic path when the
-    image is smaller than the kernel: a 3x3 conv of a 2x2x512 batch runs
-    about 60x slower than the same arithmetic on a 4x4x256 batch, and than
-    the same conv as one matrix product (`normalizers.conv_same`). This
+    image is smaller than the kernel: a 3x3 conv of a 128x2x2x512 batch,
+    with its gradients, runs 40x slower than the same arithmetic on a
+    128x4x4x256 batch and 49x slower than as one matrix product
+    (`normalizers.conv_same`; `benchmarks/fused_ops.py`). This
     happens in the last blocks of SOC networks (LipConvNet on CIFAR-10).
     TensorFlow (oneDNN), torch and GPUs have no such cliff.
     """

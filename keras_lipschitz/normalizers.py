@@ -579,7 +579,7 @@ def conv_same(x, kernel):
 
     `ops.conv`, except where the image is smaller than the kernel and
     `_backend.small_image_conv_is_slow` says the backend's convolution is
-    slow there (XLA on CPU, JAX's default: 60x slower at 2x2 than the same
+    slow there (XLA on CPU, JAX's default: 40x slower at 2x2 than the same
     arithmetic at 4x4). Then the taps that can reach the image are gathered
     and the conv is one matrix product (`conv_same_by_matmul`).
 
