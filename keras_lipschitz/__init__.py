@@ -7,6 +7,7 @@ library never chooses the backend.
 from keras_lipschitz import attacks
 from keras_lipschitz import bounds
 from keras_lipschitz import callbacks
+from keras_lipschitz import certification
 from keras_lipschitz import curvature
 from keras_lipschitz import layers
 from keras_lipschitz import liplt
@@ -26,6 +27,7 @@ __all__ = [
     "attacks",
     "bounds",
     "callbacks",
+    "certification",
     "certified_accuracy",
     "certify",
     "curvature",

@@ -56,7 +56,8 @@ pair costs a few hundred products with $W_1$ and $W_1^T$.
 import keras
 import numpy as np
 
-from keras_lipschitz import certification
+from keras_lipschitz.certification import _common
+from keras_lipschitz.certification import composition
 
 # Relative safety margin on float64 eigenvalues and norms (rounding).
 ROUNDING_MARGIN = 1e-8
@@ -330,14 +331,12 @@ def _head_of(model):
     from keras_lipschitz.layers.heads import CRCLipHead
 
     try:
-        outputs = certification._single(model, "outputs")
+        operation, inputs = _common.output_producer(model)
     except ValueError:
         return None
-    operation, node_index, _ = outputs._keras_history
     if not isinstance(operation, CRCLipHead):
         return None
-    node = operation._inbound_nodes[node_index]
-    return operation, node.input_tensors[0]
+    return operation, inputs[0]
 
 
 def ends_with_curvature_head(model):
@@ -373,23 +372,19 @@ def certify_curvature_head(model, x, y, batch_size=256, certificate=None):
         )
     head, feature_tensor = found
     certificate = certificate or head.certificate
-    if feature_tensor is certification._single(model, "inputs"):
+    inputs = _common.single_tensor(model, "inputs")
+    if feature_tensor is inputs:
         features = np.asarray(x, np.float64)
     else:
-        inputs = certification._single(model, "inputs")
         feature_model = keras.Model(inputs, feature_tensor)
         features = np.asarray(
             feature_model.predict(x, batch_size=batch_size, verbose=0),
             np.float64,
         )
     features = features.reshape(features.shape[0], -1)
-    labels = certification._labels_to_indices(y, head.num_classes)
-    if labels.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"`x` and `y` hold different numbers of examples: "
-            f"{features.shape[0]} and {labels.shape[0]}."
-        )
-    body_bound = certification._tensor_bound(feature_tensor, {})
+    labels = _common.labels_to_indices(y, head.num_classes)
+    _common.check_same_length(features.shape[0], labels)
+    body_bound = composition.tensor_bound(feature_tensor)
     kernel1, bias1, kernel2, bias2 = head.head_weights()
     params = (kernel1, bias1, kernel2, bias2, head.beta)
     curvature = curvature_bounds(kernel1, kernel2, head.beta)

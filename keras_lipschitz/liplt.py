@@ -993,35 +993,3 @@ class LipLTBound(keras.metrics.Metric):
                 ops.cast(ops.stop_gradient(ops.max(values)), "float32")
             )
         return matrix
-
-
-def tighten_ratios(model, gaps, labels, ratios, method):
-    """Certificate ratios $(z_y - z_j)/L_{yj}$ with LipLT pair constants.
-
-    Used by `keras_lipschitz.certify`. With `method="liplt"` the ratios use
-    `liplt_pairwise_bounds(model)` only (a `ValueError` if the model is not
-    supported); with `"auto"` each ratio is the larger of `ratios` (from
-    another guaranteed bound) and the LipLT one, i.e. the smaller constant,
-    and `ratios` is returned unchanged when LipLT does not apply.
-
-    Args:
-        model: the certified model.
-        gaps: float64 `(N, C)`, $z_y - z_j$.
-        labels: int `(N,)`.
-        ratios: float64 `(N, C)`, ratios from the product bound.
-        method: `"liplt"` or `"auto"`.
-
-    Returns:
-        float64 `(N, C)`.
-    """
-    if method == "auto" and not liplt_supported(model):
-        return ratios
-    pair = liplt_pairwise_bounds(model)[labels]  # (N, C): L_{y j}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # L_yj == 0: z_y - z_j is constant, safe only if positive.
-        liplt_ratios = np.where(
-            pair > 0, gaps / pair, np.where(gaps > 0, np.inf, 0.0)
-        )
-    if method == "liplt":
-        return liplt_ratios
-    return np.maximum(ratios, liplt_ratios)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from keras_lipschitz.certification import _common
 from keras_lipschitz.layers import _validation
 from keras_lipschitz.layers.linf import DEFAULT_CHUNK_SIZE
 from keras_lipschitz.layers.linf import DISTANCE_LAYERS
@@ -136,10 +137,8 @@ def recompute_running_means(model, x, batch_size=256):
         x: inputs, e.g. (a sample of) the training set.
         batch_size: batch size of the forward passes.
     """
-    from keras_lipschitz.linf_certification import _flat_layers
-
     x = np.asarray(x, np.float32)
-    layers = _flat_layers(model)
+    layers = _common.flat_layers(model)
     batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
     hidden = [keras.ops.convert_to_tensor(b) for b in batches]
     for layer in layers:
