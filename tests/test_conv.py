@@ -259,6 +259,19 @@ def test_channels_first_matches_channels_last(cls):
     )
 
 
+@pytest.mark.parametrize("cls", [SpectralConv2D, BjorckConv2D])
+def test_channels_first_bias_is_added_on_the_channel_axis(cls):
+    # Output width == filters: the case where TF's `ops.add` adds a
+    # (1, C, 1, 1) bias along the last axis instead.
+    layer = cls(4, 3, data_format="channels_first", use_bias=True)
+    layer.build((None, 2, 3, 4))
+    layer.bias.assign(np.array([1.0, 2.0, 3.0, 4.0], "float32"))
+    outputs = helpers.to_numpy(layer(np.zeros((1, 2, 3, 4), "float32")))
+    assert outputs.shape == (1, 4, 3, 4)
+    expected = np.broadcast_to(np.arange(1.0, 5.0)[:, None, None], (4, 3, 4))
+    np.testing.assert_allclose(outputs[0], expected, atol=1e-6)
+
+
 def test_compute_output_shape():
     """Against keras.layers.Conv2D, and against real (symbolic) outputs."""
     for data_format, padding in itertools.product(

@@ -7,6 +7,7 @@ and `keras.layers.Conv2D` and round-trip them identically.
 """
 
 import keras
+from keras import ops
 
 from keras_lipschitz.layers import _validation
 
@@ -92,3 +93,18 @@ def scale_by_lipschitz(layer, kernel):
     if layer.lipschitz == 1.0:
         return kernel
     return kernel * layer.lipschitz
+
+
+def add_channel_bias(outputs, bias, data_format):
+    """`outputs` plus a per-channel `bias`, on the channel axis of `data_format`.
+
+    Written with `+`, not `ops.add`: on TensorFlow, Keras 3.15's `ops.add`
+    of a `(1, C, 1, 1)` tensor to a channels-first batch whose *last* axis
+    also has size C is rewritten to `tf.nn.bias_add` on the last axis, which
+    adds the bias along the width instead of the channels.
+    """
+    bias = ops.cast(bias, outputs.dtype)
+    if data_format == "channels_first":
+        shape = (1, -1) + (1,) * (len(outputs.shape) - 2)
+        bias = ops.reshape(bias, shape)
+    return outputs + bias

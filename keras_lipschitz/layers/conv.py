@@ -210,10 +210,9 @@ class _LipschitzConv2D(keras.layers.Layer):
             data_format=self.data_format,
         )
         if self.bias is not None:
-            bias = ops.cast(self.bias, outputs.dtype)
-            if self.data_format == "channels_first":
-                bias = ops.reshape(bias, (1, self.filters, 1, 1))
-            outputs = ops.add(outputs, bias)
+            outputs = _kernel_arguments.add_channel_bias(
+                outputs, self.bias, self.data_format
+            )
         return self.activation(outputs)
 
     # ------------------------------------------------------ certification
