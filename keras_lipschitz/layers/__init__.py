@@ -9,10 +9,13 @@ from keras_lipschitz.layers.conv import SpectralConv2D
 from keras_lipschitz.layers.dense import BjorckDense
 from keras_lipschitz.layers.dense import FrobeniusDense
 from keras_lipschitz.layers.dense import SpectralDense
+from keras_lipschitz.layers.heads import CRCLipHead
 from keras_lipschitz.layers.linf import LinfDistDense
 from keras_lipschitz.layers.linf import LogitScale
 from keras_lipschitz.layers.linf import SortNetDense
-from keras_lipschitz.layers.heads import CRCLipHead
+from keras_lipschitz.layers.normalization import BatchCentering
+from keras_lipschitz.layers.normalization import BatchLipNorm
+from keras_lipschitz.layers.normalization import LayerCentering
 from keras_lipschitz.layers.pooling import InvertibleDownSampling
 from keras_lipschitz.layers.pooling import LipPool
 from keras_lipschitz.layers.pooling import ScaledAveragePooling2D
@@ -23,6 +26,8 @@ from keras_lipschitz.layers.soc import SOCConv2D
 from keras_lipschitz.layers.soc import SOCDense
 
 __all__ = [
+    "BatchCentering",
+    "BatchLipNorm",
     "BjorckConv2D",
     "BjorckDense",
     "CRCLipHead",
@@ -32,6 +37,7 @@ __all__ = [
     "GroupSort2",
     "Householder",
     "InvertibleDownSampling",
+    "LayerCentering",
     "LinfDistDense",
     "LipPool",
     "LogitScale",
@@ -39,9 +45,9 @@ __all__ = [
     "ScaledGlobalAveragePooling2D",
     "ScaledGlobalL2NormPooling2D",
     "ScaledL2NormPooling2D",
-    "SortNetDense",
     "SOCConv2D",
     "SOCDense",
+    "SortNetDense",
     "SpectralConv2D",
     "SpectralDense",
 ]
