@@ -13,8 +13,9 @@ and delegates to a public function of the same name in snake_case (`HKR` →
   `(B, C)` labels is read as $C$ independent binary problems (multi-label),
   averaged over the columns, as in deel-lip.
 - Multiclass losses (`MulticlassKR`, `MulticlassHinge`, `MulticlassHKR`,
-  `TauCategoricalCrossentropy`, `CLL`) take logits of shape `(B, C)` and
-  one-hot labels `(B, C)` or integer class indices `(B,)` or `(B, 1)`.
+  `TauCategoricalCrossentropy`, `CLL`, `EMMA`) take logits of shape
+  `(B, C)` and one-hot labels `(B, C)` or integer class indices `(B,)` or
+  `(B, 1)`.
 - Label values and class indices are checked whenever they are concrete
   (NumPy arrays, eager tensors). Inside a compiled step (`tf.function`,
   `jax.jit`, `torch.compile`) they cannot be inspected: an out-of-range index
@@ -974,8 +975,103 @@ def _read_kernel(layer):
     return ops.convert_to_tensor(layer.kernel)
 
 
+class _LastLayerLoss(_LipschitzLoss):
+    """A loss that reads the kernel of the model's last linear layer.
+
+    Shared by `CLL` and `EMMA`: the layer is attached with `kernel_layer=`,
+    `attach` or `for_model`, read inside `call` (`kernel()`), and stored in
+    the config by name only.
+    """
+
+    def _set_kernel_layer(self, kernel_layer):
+        self.kernel_layer = None
+        self.kernel_layer_name = None
+        if isinstance(kernel_layer, str):
+            self.kernel_layer_name = kernel_layer
+        elif kernel_layer is not None:
+            self.attach(kernel_layer)
+
+    def attach(self, layer):
+        """Uses `layer`'s kernel for $K$; returns the loss itself.
+
+        Args:
+            layer: a `keras.layers.Dense`, a keras-lipschitz dense layer, or
+                any layer with a rank-2 `kernel` `(d_in, C)`, without
+                activation.
+
+        Raises:
+            ValueError: if `layer` is not such a layer.
+        """
+        if not isinstance(layer, keras.layers.Layer):
+            raise ValueError(
+                "`kernel_layer` must be a Keras dense layer. "
+                f"Received: kernel_layer={layer!r}"
+            )
+        if not (
+            isinstance(layer, (keras.layers.Dense, _LipschitzDense))
+            or len(getattr(getattr(layer, "kernel", None), "shape", ())) == 2
+        ):
+            raise ValueError(
+                "`kernel_layer` must be a dense layer with a kernel of shape "
+                "(input_dim, classes) (keras.layers.Dense or a "
+                "keras-lipschitz dense layer). Received: "
+                f"kernel_layer={layer.name!r} ({type(layer).__name__})"
+            )
+        if not _is_linear_activation(layer):
+            raise ValueError(
+                "`kernel_layer` must have no activation (its outputs are the "
+                f"logits). Received: kernel_layer={layer.name!r} with "
+                f"activation={layer.activation.__name__!r}"
+            )
+        self.kernel_layer = layer
+        self.kernel_layer_name = layer.name
+        return self
+
+    @classmethod
+    def for_model(cls, model, **kwargs):
+        """The loss attached to `model`'s last layer.
+
+        Args:
+            model: a Keras model whose last layer (`model.layers[-1]`) is
+                the linear output layer.
+            **kwargs: the loss's other arguments.
+
+        Raises:
+            ValueError: if the last layer is not a dense layer without
+                activation.
+        """
+        if not model.layers:
+            raise ValueError("`model` has no layers.")
+        return cls(kernel_layer=model.layers[-1], **kwargs)
+
+    def kernel(self):
+        """The attached layer's current kernel `(d_in, C)`, or None."""
+        if self.kernel_layer is None:
+            if self.kernel_layer_name is not None:
+                raise ValueError(
+                    f"This {type(self).__name__} loss was configured with "
+                    f"kernel_layer="
+                    f"{self.kernel_layer_name!r} but no layer is attached "
+                    "(a layer reference cannot be serialized). Call "
+                    f"`loss.attach(model.get_layer("
+                    f"{self.kernel_layer_name!r}))` before using it."
+                )
+            return None
+        if not self.kernel_layer.built:
+            raise ValueError(
+                f"`kernel_layer` {self.kernel_layer.name!r} is not built: "
+                "call the model once before computing the loss."
+            )
+        return _read_kernel(self.kernel_layer)
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_layer"] = self.kernel_layer_name
+        return config
+
+
 @keras_lipschitz_export
-class CLL(_LipschitzLoss):
+class CLL(_LastLayerLoss):
     """Calibrated Lipschitz-Margin Loss (Losch et al., GCPR 2023).
 
     $$\\ell = \\mathrm{CE}\\Big(\\frac{d + \\delta}{\\sigma}, y\\Big) +
@@ -1060,84 +1156,7 @@ class CLL(_LipschitzLoss):
         self.slack = slack
         self.lipschitz = lipschitz
         self.reg = reg
-        self.kernel_layer = None
-        self.kernel_layer_name = None
-        if isinstance(kernel_layer, str):
-            self.kernel_layer_name = kernel_layer
-        elif kernel_layer is not None:
-            self.attach(kernel_layer)
-
-    def attach(self, layer):
-        """Uses `layer`'s kernel for $K$; returns the loss itself.
-
-        Args:
-            layer: a `keras.layers.Dense`, a keras-lipschitz dense layer, or
-                any layer with a rank-2 `kernel` `(d_in, C)`, without
-                activation.
-
-        Raises:
-            ValueError: if `layer` is not such a layer.
-        """
-        if not isinstance(layer, keras.layers.Layer):
-            raise ValueError(
-                "`kernel_layer` must be a Keras dense layer. "
-                f"Received: kernel_layer={layer!r}"
-            )
-        if not (
-            isinstance(layer, (keras.layers.Dense, _LipschitzDense))
-            or len(getattr(getattr(layer, "kernel", None), "shape", ())) == 2
-        ):
-            raise ValueError(
-                "`kernel_layer` must be a dense layer with a kernel of shape "
-                "(input_dim, classes) (keras.layers.Dense or a "
-                "keras-lipschitz dense layer). Received: "
-                f"kernel_layer={layer.name!r} ({type(layer).__name__})"
-            )
-        if not _is_linear_activation(layer):
-            raise ValueError(
-                "`kernel_layer` must have no activation (its outputs are the "
-                f"logits). Received: kernel_layer={layer.name!r} with "
-                f"activation={layer.activation.__name__!r}"
-            )
-        self.kernel_layer = layer
-        self.kernel_layer_name = layer.name
-        return self
-
-    @classmethod
-    def for_model(cls, model, **kwargs):
-        """A `CLL` attached to `model`'s last layer.
-
-        Args:
-            model: a Keras model whose last layer (`model.layers[-1]`) is
-                the linear output layer.
-            **kwargs: the other `CLL` arguments.
-
-        Raises:
-            ValueError: if the last layer is not a dense layer without
-                activation.
-        """
-        if not model.layers:
-            raise ValueError("`model` has no layers.")
-        return cls(kernel_layer=model.layers[-1], **kwargs)
-
-    def kernel(self):
-        """The attached layer's current kernel `(d_in, C)`, or None."""
-        if self.kernel_layer is None:
-            if self.kernel_layer_name is not None:
-                raise ValueError(
-                    f"This CLL loss was configured with kernel_layer="
-                    f"{self.kernel_layer_name!r} but no layer is attached "
-                    "(a layer reference cannot be serialized). Call "
-                    f"`loss.attach(model.get_layer("
-                    f"{self.kernel_layer_name!r}))` before using it."
-                )
-            return None
-        if not self.kernel_layer.built:
-            raise ValueError(
-                f"`kernel_layer` {self.kernel_layer.name!r} is not built: "
-                "call the model once before computing the loss."
-            )
-        return _read_kernel(self.kernel_layer)
+        self._set_kernel_layer(kernel_layer)
 
     def call(self, y_true, y_pred):
         return cll(
@@ -1150,10 +1169,243 @@ class CLL(_LipschitzLoss):
             kernel=self.kernel(),
         )
 
-    def get_config(self):
-        config = super().get_config()
-        config["kernel_layer"] = self.kernel_layer_name
-        return config
+
+# --------------------------------------------------------------------------
+# EMMA: efficient margin maximization (Hu et al., NeurIPS 2023).
+# --------------------------------------------------------------------------
+
+# Bounds of the ratio r_j = (current certified radius) / ε in the official
+# code (hukkai/liresnet, `emma_loss`), and the floor of its denominator.
+_EMMA_MIN_RATIO = 0.01
+_EMMA_MAX_RATIO = 1.0
+_EMMA_MIN_DENOMINATOR = 1e-8
+
+
+def _check_kernel_shape(kernel, y_pred):
+    if len(kernel.shape) != 2 or (
+        kernel.shape[-1] is not None
+        and y_pred.shape[-1] is not None
+        and kernel.shape[-1] != y_pred.shape[-1]
+    ):
+        raise ValueError(
+            "`kernel` must have shape (input_dim, classes) with classes "
+            "equal to the last dimension of `y_pred`. Received: "
+            f"kernel.shape={tuple(kernel.shape)}, "
+            f"y_pred.shape={tuple(y_pred.shape)}"
+        )
+
+
+def emma(y_true, y_pred, epsilon, lipschitz=1.0, kernel=None):
+    """Per-sample EMMA loss: cross-entropy with adaptive margin offsets.
+
+    Hu, Zou, Wang, Leino, Fredrikson, "Unlocking Deterministic Robustness
+    Certification on ImageNet" (NeurIPS 2023), as in the official code
+    (hukkai/liresnet, `models/margin_layer.py`, `emma_loss`). With the
+    logit gaps $d_j = z_j - z_y$ and the Lipschitz constants of the logit
+    pairs
+
+    $$K_{yj} = L\\,\\|w_y - w_j\\|_2 \\;(j \\ne y),$$
+
+    each other class $j$ gets the offset ratio
+
+    $$r_j = \\operatorname{sg}\\Big[\\operatorname{clip}\\Big(
+    \\frac{-d_j}{\\max(\\varepsilon K_{yj},\\,10^{-8})},\\;0.01,\\;1\\Big)
+    \\Big]$$
+
+    ($\\operatorname{sg}$: stop-gradient) and
+
+    $$\\ell = \\mathrm{CE}\\big(z', y\\big),\\qquad
+    z'_j = d_j + r_j\\,\\varepsilon\\,K_{yj}\\;(j \\ne y),\\quad z'_y = 0.$$
+
+    $-d_j/K_{yj}$ is the current certified radius against class $j$, so
+    $r_j\\varepsilon$ is that radius clipped to
+    $[0.01\\varepsilon, \\varepsilon]$: a class already certified beyond
+    $\\varepsilon$ gets the full GloRo offset $\\varepsilon K_{yj}$, a class
+    near or past the decision boundary only a small one, so hard classes
+    are not pushed with a margin they cannot reach. Since $r$ is constant,
+    the gradient with respect to the logits is
+    $\\operatorname{softmax}(z') - e_y$, and $K$ keeps its gradient
+    $\\varepsilon\\,r_j\\operatorname{softmax}(z')_j$: the loss also
+    shrinks the pairwise constants.
+
+    $w_j$ are the output weight vectors of the last linear layer
+    (`kernel[:, j]`) and $L$ is `lipschitz`, a bound for the network
+    *before* that layer. With `kernel=None`, $K_{yj} = L$ for every pair:
+    `lipschitz` then bounds each logit difference $z_y - z_j$ (for a logit
+    map that is $L$-Lipschitz in $\\ell_2$, pass $\\sqrt{2}L$).
+
+    Computed in float32 (float64 if `y_pred` is float64) and returned in
+    `y_pred`'s dtype.
+
+    Args:
+        y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_pred: logits `(B, C)`.
+        epsilon: float > 0, the training radius $\\varepsilon$.
+        lipschitz: float > 0, $L$.
+        kernel: optional last-layer kernel `(d_in, C)` (Keras layout).
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[1.0, 0.0, 0.9]], "float32")
+    >>> # K = 1, d = (0, -1, -0.1), r = (1, 0.2), z' = (0, -0.5, 0).
+    >>> loss = emma([0], z, epsilon=0.5)
+    >>> round(float(loss[0]), 4)  # log(1 + exp(-0.5) + exp(0))
+    0.958
+    """
+    epsilon = _validate_positive("epsilon", epsilon)
+    lipschitz = _validate_positive("lipschitz", lipschitz)
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    compute_dtype = keras.backend.standardize_dtype(y_pred.dtype)
+    if compute_dtype != "float64":
+        # The 1e-8 floor and the ratio need more than float16's range.
+        compute_dtype = "float32"
+    logits = ops.cast(y_pred, compute_dtype)
+    one_hot = ops.cast(one_hot, compute_dtype)
+    if kernel is None:
+        pair_constant = ops.full_like(logits, lipschitz)
+    else:
+        kernel = ops.cast(_float_tensor(kernel), compute_dtype)
+        _check_kernel_shape(kernel, y_pred)
+        distances = pairwise_row_distances(kernel)
+        pair_constant = lipschitz * ops.matmul(one_hot, distances)
+    gaps = logits - ops.sum(one_hot * logits, axis=-1, keepdims=True)
+    scaled_constant = epsilon * pair_constant
+    ratio = ops.clip(
+        -gaps / ops.maximum(scaled_constant, _EMMA_MIN_DENOMINATOR),
+        _EMMA_MIN_RATIO,
+        _EMMA_MAX_RATIO,
+    )
+    # Only the ratio is constant: the offset keeps K's gradient.
+    offsets = (1.0 - one_hot) * ops.stop_gradient(ratio) * scaled_constant
+    loss = ops.categorical_crossentropy(
+        one_hot, gaps + offsets, from_logits=True
+    )
+    return ops.cast(loss, y_pred.dtype)
+
+
+@keras_lipschitz_export
+class EMMA(_LastLayerLoss):
+    """Efficient margin maximization loss (Hu et al., NeurIPS 2023).
+
+    $$\\ell = \\mathrm{CE}(z', y),\\quad
+    z'_j = d_j + r_j\\,\\varepsilon\\,K_{yj},\\quad
+    r_j = \\operatorname{sg}\\Big[\\operatorname{clip}\\Big(
+    \\frac{-d_j}{\\varepsilon K_{yj}}, 0.01, 1\\Big)\\Big],$$
+
+    with $d_j = z_j - z_y$, $K_{yj} = L\\,\\|w_y - w_j\\|_2$ the
+    Lipschitz constant of $z_y - z_j$, $z'_y = 0$ and
+    $\\operatorname{sg}$ the stop-gradient (see `emma` for the details).
+    Every other class is offset by its pairwise constant times its current
+    certified radius, clipped to $[0.01\\varepsilon, \\varepsilon]$. Hu,
+    Zou, Wang, Leino, Fredrikson, "Unlocking Deterministic Robustness
+    Certification on ImageNet", NeurIPS 2023; official code
+    hukkai/liresnet (`emma_loss`), the loss of its CIFAR-10/100,
+    Tiny-ImageNet and ImageNet records.
+
+    **The last layer** is attached as for `CLL`: `kernel_layer=...`,
+    `loss.attach(layer)` or `EMMA.for_model(model, epsilon)`. The loss reads
+    the layer's current kernel inside `call` (a `keras.layers.Dense`'s
+    `kernel`, or a keras-lipschitz dense layer's inference-mode
+    constrained kernel), so $K$ and its gradient follow the weights in
+    compiled training on every backend. The official head is last-layer
+    normalized (`FrobeniusDense(C)` with `disjoint_neurons=True`).
+    `lipschitz` is a bound $L$ for the network *before* that layer (1 for a
+    body of 1-Lipschitz layers). In the official code $L$ is a
+    power-iteration estimate that also carries a gradient; here it is a
+    constant. Without a layer, $K_{yj} = L$ for every pair. The config
+    stores the layer's name only: after `keras.saving.load_model`, attach
+    the layer again with `loss.attach(model.get_layer(name))`.
+
+    **Training radius.** The official runs certify at
+    $\\varepsilon_c = 36/255$ and train with the radius ramped over the
+    first half of the $T$ epochs,
+    $\\varepsilon_t = \\varepsilon_c\\,(0.1 + 2.9\\min(2t/T, 1))$ (up to
+    $2\\varepsilon_c$ instead of $3\\varepsilon_c$ on ImageNet). `epsilon`
+    is a plain float that `keras_lipschitz.callbacks.LossParamScheduler`
+    changes during `fit` on every backend:
+
+    ```python
+    def radius(epoch, eps_c=36 / 255, epochs=800):
+        return eps_c * (0.1 + 2.9 * min(2 * epoch / epochs, 1.0))
+
+    loss = EMMA.for_model(model, epsilon=radius(0))
+    model.compile("adam", loss=loss)
+    model.fit(x, y, epochs=800,
+              callbacks=[LossParamScheduler("epsilon", radius)])
+    ```
+
+    Certify at $\\varepsilon_c$ with guaranteed bounds
+    (`keras_lipschitz.certify`), never with the training constants.
+
+    Args:
+        epsilon: float > 0, the training radius $\\varepsilon$.
+        lipschitz: float > 0, $L$.
+        kernel_layer: None, a dense layer, or a layer name (from a config;
+            the layer must then be attached before use).
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4)])
+    >>> loss = EMMA.for_model(model, epsilon=0.25)
+    >>> loss.kernel_layer is model.layers[-1]
+    True
+    >>> value = loss(np.array([0, 3]), model(np.ones((2, 3), "float32")))
+    >>> bool(value > 0)
+    True
+    """
+
+    _HYPERPARAMETERS = {
+        "epsilon": _validate_positive,
+        "lipschitz": _validate_positive,
+    }
+
+    def __init__(
+        self,
+        epsilon,
+        lipschitz=1.0,
+        kernel_layer=None,
+        reduction="sum_over_batch_size",
+        name="emma",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.epsilon = epsilon
+        self.lipschitz = lipschitz
+        self._set_kernel_layer(kernel_layer)
+
+    @classmethod
+    def for_model(cls, model, epsilon, **kwargs):
+        """An `EMMA` attached to `model`'s last layer.
+
+        Args:
+            model: a Keras model whose last layer (`model.layers[-1]`) is
+                the linear output layer.
+            epsilon: float > 0, the training radius.
+            **kwargs: the other `EMMA` arguments.
+
+        Raises:
+            ValueError: if the last layer is not a dense layer without
+                activation.
+        """
+        return super().for_model(model, epsilon=epsilon, **kwargs)
+
+    def call(self, y_true, y_pred):
+        return emma(
+            y_true,
+            y_pred,
+            epsilon=self.epsilon,
+            lipschitz=self.lipschitz,
+            kernel=self.kernel(),
+        )
 
 
 # --------------------------------------------------------------------------
