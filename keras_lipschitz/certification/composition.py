@@ -45,7 +45,8 @@ SUPPORTED_LAYERS = (
     "ELU with a known constant, MaxPooling2D, AveragePooling2D, "
     "GlobalAveragePooling2D, GlobalMaxPooling2D, BatchNormalization, "
     "Rescaling, Normalization, Flatten, Reshape, Permute, Dropout, "
-    "ZeroPadding2D, Cropping2D, Add, Concatenate and nested models"
+    "ZeroPadding2D, Cropping2D, Add, Subtract, Average, Concatenate, "
+    "LipResidual, ConcatResidual and nested models"
 )
 
 
@@ -184,6 +185,9 @@ def tensor_bound(tensor, cache=None):
         result = sum(input_bounds) / len(input_bounds)
     elif isinstance(operation, keras.layers.Concatenate):
         result = math.sqrt(sum(b * b for b in input_bounds))
+    elif len(inputs) > 1 and hasattr(operation, "merge_lipschitz_bound"):
+        # Residual combiners of this library (layers/residual.py).
+        result = float(operation.merge_lipschitz_bound(input_bounds))
     elif len(inputs) == 1:
         result = input_bounds[0] * layer_lipschitz_bound(
             operation, tuple(inputs[0].shape)

@@ -22,6 +22,8 @@ from keras_lipschitz.layers.pooling import ScaledAveragePooling2D
 from keras_lipschitz.layers.pooling import ScaledGlobalAveragePooling2D
 from keras_lipschitz.layers.pooling import ScaledGlobalL2NormPooling2D
 from keras_lipschitz.layers.pooling import ScaledL2NormPooling2D
+from keras_lipschitz.layers.residual import ConcatResidual
+from keras_lipschitz.layers.residual import LipResidual
 from keras_lipschitz.layers.soc import SOCConv2D
 from keras_lipschitz.layers.soc import SOCDense
 
@@ -30,6 +32,7 @@ __all__ = [
     "BatchLipNorm",
     "BjorckConv2D",
     "BjorckDense",
+    "ConcatResidual",
     "CRCLipHead",
     "FrobeniusDense",
     "FullSort",
@@ -40,6 +43,7 @@ __all__ = [
     "LayerCentering",
     "LinfDistDense",
     "LipPool",
+    "LipResidual",
     "LogitScale",
     "ScaledAveragePooling2D",
     "ScaledGlobalAveragePooling2D",
