@@ -592,7 +592,10 @@ def conv_same(x, kernel):
     """
     if _backend.small_image_conv_is_slow(x.shape[1:3], kernel.shape[:2]):
         return conv_same_by_matmul(x, kernel)
-    return ops.conv(x, kernel, strides=1, padding="same")
+    # Explicit layout: the global `image_data_format` must not change it.
+    return ops.conv(
+        x, kernel, strides=1, padding="same", data_format="channels_last"
+    )
 
 
 def conv_same_by_matmul(x, kernel):
@@ -695,3 +698,174 @@ def skew_conv_exponential(x, kernel, terms, fast_backward=False):
         return outputs, grad
 
     return exponential(x, kernel)
+
+
+# ------------------------------------------------------------- AOL and SLL
+# Added to every row sum before the inverse square root, as in the official
+# AOL code: it keeps a dead column finite and can only shrink the scale.
+AOL_EPSILON = 1e-6
+# SLL's log q is clipped to [-LOG_Q_LIMIT, LOG_Q_LIMIT] before use: ratios
+# q_j / q_i up to e^40 keep every product finite in float32, and the
+# clipped value is itself a valid q, so the guarantee is unchanged.
+LOG_Q_LIMIT = 20.0
+
+
+def _weighted_row_sums(abs_gram, log_q):
+    """$r_i = \\sum_j A_{ij}\\,q_j/q_i$ with $q = e^{\\mathrm{clip}(\\log q)}$.
+
+    Without `log_q`, the plain row sums $\\sum_j A_{ij}$.
+    """
+    if log_q is None:
+        return ops.sum(abs_gram, axis=1)
+    log_q = ops.clip(
+        ops.cast(log_q, abs_gram.dtype), -LOG_Q_LIMIT, LOG_Q_LIMIT
+    )
+    # (A q)_i / q_i: two length-n exponentials, no n x n one.
+    return ops.exp(-log_q) * ops.matmul(abs_gram, ops.exp(log_q))
+
+
+def aol_rescaling_dense(kernel, log_q=None, epsilon=AOL_EPSILON):
+    """The AOL rescaling of the rows of a dense Keras kernel.
+
+    Prach & Lampert, "Almost-Orthogonal Layers for Efficient
+    General-Purpose Lipschitz Networks", ECCV 2022. For a Keras kernel
+    $W$ of shape `(d_in, d_out)` (so $y = xW$) and $G = WW^T$,
+
+    $$d_i = \\Big(\\sum_j |G_{ij}|\\,\\frac{q_j}{q_i} + \\varepsilon
+      \\Big)^{-1/2},\\qquad \\|\\mathrm{diag}(d)\\,W\\|_2 \\le 1,$$
+
+    for any $q > 0$ (by default $q \\equiv 1$, the paper's form). Proof
+    (weighted Schur test): for a symmetric $G$,
+    $u^TGu \\le \\sum_{ij}|G_{ij}||u_i||u_j| \\le \\sum_i u_i^2
+    \\sum_j|G_{ij}|q_j/q_i$, using $2|u_iu_j| \\le (q_j/q_i)u_i^2 +
+    (q_i/q_j)u_j^2$; hence $G \\preceq \\mathrm{diag}(d)^{-2}$. The
+    inequality is exact (no iteration, no convergence), and $\\varepsilon$
+    only shrinks $d$.
+
+    The SLL layers reuse it: with $W$ the transposed SLL kernel, $d_i^2$ is
+    the $T^{-1}$ of Araujo et al. (ICLR 2023).
+
+    Args:
+        kernel: float tensor `(d_in, d_out)`.
+        log_q: None or float tensor `(d_in,)`, $\\log q$ (clipped to
+            `[-LOG_Q_LIMIT, LOG_Q_LIMIT]`).
+        epsilon: float >= 0 added to every row sum.
+
+    Returns:
+        A tensor `(d_in,)`, differentiable in `kernel` and `log_q`.
+    """
+    gram = ops.matmul(kernel, ops.transpose(kernel))
+    sums = _weighted_row_sums(ops.abs(gram), log_q)
+    return ops.rsqrt(sums + epsilon)
+
+
+def conv_input_gram(kernel):
+    """The input-side Gram kernel of a 2-D convolution, for every shift.
+
+    For a Keras kernel $K$ of shape `(k_h, k_w, c_in, c_out)`, the kernel
+    of $K^T \\circledast K$ (the composition of the convolution with its
+    adjoint, on the infinite plane):
+
+    $$M_{ij}(u, v) = \\sum_{a, b, o} K[a + u, b + v, i, o]\\,K[a, b, j, o],
+      \\quad |u| < k_h,\\ |v| < k_w.$$
+
+    Computed as one "valid" convolution of the kernel with itself: the
+    input channels play the batch, the kernel is zero-padded by
+    $k - 1$ on each side.
+
+    Args:
+        kernel: float tensor `(k_h, k_w, c_in, c_out)`.
+
+    Returns:
+        A tensor `(c_in, 2k_h - 1, 2k_w - 1, c_in)` whose entry
+        `[i, u + k_h - 1, v + k_w - 1, j]` is $M_{ij}(u, v)$.
+    """
+    k_h, k_w = kernel.shape[0], kernel.shape[1]
+    as_batch = ops.transpose(kernel, (2, 0, 1, 3))
+    as_batch = ops.pad(
+        as_batch, ((0, 0), (k_h - 1, k_h - 1), (k_w - 1, k_w - 1), (0, 0))
+    )
+    return ops.conv(
+        as_batch,
+        ops.transpose(kernel, (0, 1, 3, 2)),
+        strides=1,
+        padding="valid",
+        data_format="channels_last",
+    )
+
+
+def aol_rescaling_conv(kernel, log_q=None, epsilon=AOL_EPSILON):
+    """The AOL rescaling of the input channels of a conv kernel.
+
+    Prach & Lampert (ECCV 2022), convolutional form: with $M_{ij}(s)$ the
+    input-side Gram kernel of `conv_input_gram` (all $(2k-1)^2$ shifts),
+
+    $$d_i = \\Big(\\sum_j\\sum_s |M_{ij}(s)|\\,\\frac{q_j}{q_i} +
+      \\varepsilon\\Big)^{-1/2},$$
+
+    and the convolution by $K[:, :, i, :]\\,d_i$ has operator norm at most
+    1 on the infinite plane (the Schur test of `aol_rescaling_dense`
+    applied to the block-Toeplitz operator $K^TK$, with weights constant
+    over positions). Zero padding ("same" or "valid"), any input size and
+    any stride only restrict or subsample that operator, so the bound
+    holds for all of them.
+
+    Args:
+        kernel: float tensor `(k_h, k_w, c_in, c_out)`.
+        log_q: None or float tensor `(c_in,)`, $\\log q$ (clipped to
+            `[-LOG_Q_LIMIT, LOG_Q_LIMIT]`).
+        epsilon: float >= 0 added to every row sum.
+
+    Returns:
+        A tensor `(c_in,)`, differentiable in `kernel` and `log_q`.
+    """
+    gram = ops.sum(ops.abs(conv_input_gram(kernel)), axis=(1, 2))
+    sums = _weighted_row_sums(gram, log_q)
+    return ops.rsqrt(sums + epsilon)
+
+
+# ------------------------------------------------------- CPL and LiResNet
+def add_conv_identity(kernel):
+    """$K + \\delta$: the kernel of the residual map $I + \\mathrm{conv}_K$.
+
+    $\\delta$ is the Dirac kernel: the identity matrix at the centre tap,
+    zero elsewhere. For odd sizes, stride 1 and zero "same" padding, the
+    convolution by $K + \\delta$ is exactly $x \\mapsto x + K \\star x$, on
+    every input size (LiResNet, Hu et al., NeurIPS 2023).
+
+    Args:
+        kernel: float tensor `(k_h, k_w, c, c)` with odd `k_h`, `k_w`.
+
+    Returns:
+        A tensor of the same shape and dtype.
+    """
+    k_h, k_w, c_in, c_out = kernel.shape
+    identity = ops.reshape(
+        ops.eye(c_in, c_out, dtype=kernel.dtype), (1, 1, c_in, c_out)
+    )
+    identity = ops.pad(
+        identity,
+        ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2), (0, 0), (0, 0)),
+    )
+    return kernel + identity
+
+
+def conv_tap_norm_sum(kernel):
+    """$\\sum_{a,b}\\|K[a, b]\\|_F$: a size-free bound on a conv's norm.
+
+    The convolution is $\\sum_{a,b} S_{a,b}\\,K[a, b]$ with $S_{a,b}$ a
+    zero-padded shift (norm at most 1), so its operator norm is at most
+    $\\sum_{a,b}\\|K[a,b]\\|_2 \\le \\sum_{a,b}\\|K[a,b]\\|_F$, for any
+    input size, zero padding and stride. Each tap's norm is computed after
+    division by the largest entry, so tiny kernels do not underflow to 0.
+
+    Args:
+        kernel: float tensor `(k_h, k_w, c_in, c_out)`.
+
+    Returns:
+        A scalar tensor.
+    """
+    scale = ops.max(ops.abs(kernel))
+    safe = ops.where(scale > 0, scale, ops.ones_like(scale))
+    taps = ops.sqrt(ops.sum(ops.square(kernel / safe), axis=(2, 3)))
+    return scale * ops.sum(taps)

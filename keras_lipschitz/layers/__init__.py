@@ -4,6 +4,8 @@ from keras_lipschitz.layers.activations import FullSort
 from keras_lipschitz.layers.activations import GroupSort
 from keras_lipschitz.layers.activations import GroupSort2
 from keras_lipschitz.layers.activations import Householder
+from keras_lipschitz.layers.aol import AOLConv2D
+from keras_lipschitz.layers.aol import AOLDense
 from keras_lipschitz.layers.conv import BjorckConv2D
 from keras_lipschitz.layers.conv import SpectralConv2D
 from keras_lipschitz.layers.dense import BjorckDense
@@ -24,10 +26,14 @@ from keras_lipschitz.layers.pooling import ScaledGlobalL2NormPooling2D
 from keras_lipschitz.layers.pooling import ScaledL2NormPooling2D
 from keras_lipschitz.layers.residual import ConcatResidual
 from keras_lipschitz.layers.residual import LipResidual
+from keras_lipschitz.layers.sll import SLLConv2D
+from keras_lipschitz.layers.sll import SLLDense
 from keras_lipschitz.layers.soc import SOCConv2D
 from keras_lipschitz.layers.soc import SOCDense
 
 __all__ = [
+    "AOLConv2D",
+    "AOLDense",
     "BatchCentering",
     "BatchLipNorm",
     "BjorckConv2D",
@@ -49,6 +55,8 @@ __all__ = [
     "ScaledGlobalAveragePooling2D",
     "ScaledGlobalL2NormPooling2D",
     "ScaledL2NormPooling2D",
+    "SLLConv2D",
+    "SLLDense",
     "SOCConv2D",
     "SOCDense",
     "SortNetDense",

@@ -317,12 +317,12 @@ class SpectralConv2D(_LipschitzConv2D):
     when `training` is true, with its gradient stopped.
 
     - **Training**: `power_iterations` steps per call (differentiable
-      through $\hat\sigma$ with `u` held constant, as in Miyato et al.);
+      through $\\hat\\sigma$ with `u` held constant, as in Miyato et al.);
       `u` is updated.
     - **Inference**: `eval_power_iterations` steps of Lanczos with full
       reorthogonalization on $A_K^TA_K$, started from the stored `u`, which
       is *not* written. The top Ritz vector $x$ gives
-      $\hat\sigma = \|A_Kx\|$. The Krylov space contains the power
+      $\\hat\\sigma = \\|A_Kx\\|$. The Krylov space contains the power
       iterates of `u`, so this is never worse than power iteration with as
       many operator applications, and it is much better on the clustered
       spectra of convolutions: from a stale `u` after large weight changes,
@@ -335,7 +335,7 @@ class SpectralConv2D(_LipschitzConv2D):
     Because the norm is that of the real operator (padding, stride and
     size included), the layer's Lipschitz constant is `lipschitz`, not a
     loose upper bound of it. Any unit vector gives
-    $\|A_Kx\| \le \|A_K\|$, so the estimate can only *under*-estimate
+    $\\|A_Kx\\| \\le \\|A_K\\|$, so the estimate can only *under*-estimate
     the norm and the constant can exceed `lipschitz` by the (small)
     remaining error; `lipschitz_upper_bound()` gives the guaranteed value,
     computed in float64 (the exact operator norm for small inputs, the FFT
