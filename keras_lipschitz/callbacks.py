@@ -30,6 +30,8 @@ import keras
 
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers import _validation
+# Defined beside the CPL layers it refreshes; exported here with the others.
+from keras_lipschitz.layers.cpl import RefreshInferenceNorms  # noqa: F401
 from keras_lipschitz.layers.linf import validate_p
 
 
