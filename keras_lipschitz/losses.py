@@ -15,7 +15,10 @@ and delegates to a public function of the same name in snake_case (`HKR` →
 - Multiclass losses (`MulticlassKR`, `MulticlassHinge`, `MulticlassHKR`,
   `TauCategoricalCrossentropy`, `CLL`, `EMMA`) take logits of shape
   `(B, C)` and one-hot labels `(B, C)` or integer class indices `(B,)` or
-  `(B, 1)`.
+  `(B, 1)`. One-hot labels may also be in $\\{-1, +1\\}$ (deel-lip's
+  convention: $+1$ for the true class, $-1$ elsewhere); they are read as
+  the 0/1 one-hot, so every loss has the same value for both (see
+  `multiclass_labels`).
 - Label values and class indices are checked whenever they are concrete
   (NumPy arrays, eager tensors). Inside a compiled step (`tf.function`,
   `jax.jit`, `torch.compile`) they cannot be inspected: an out-of-range index
@@ -158,11 +161,36 @@ def _check_batch(y_true, y_pred):
         )
 
 
+def _check_signed_one_hot(values):
+    """Raises unless concrete labels with a negative entry are ±1 one-hot."""
+    signed = np.isin(values, (-1.0, 1.0))
+    positives = np.sum(values > 0, axis=-1)
+    if not (np.all(signed) and np.all(positives == 1)):
+        raise ValueError(
+            "One-hot labels `y_true` with negative entries must be one-hot "
+            "in {-1, +1}: every entry -1 or +1 and exactly one +1 per row "
+            "(labels in {0, 1}, soft labels and class indices are "
+            "non-negative). Received values: "
+            f"{np.unique(values)[:10].tolist()}, rows with "
+            f"{sorted(set(positives.reshape(-1).tolist()))[:10]} "
+            "positive entries."
+        )
+
+
 def multiclass_labels(y_true, y_pred):
     """Standardizes multiclass labels to one-hot.
 
+    One-hot labels in $\\{-1, +1\\}$ (each row has exactly one $+1$, at the
+    true class, and $-1$ elsewhere; deel-lip accepts them) are mapped to
+    $(y + 1)/2$, the 0/1 one-hot, so that every loss and metric gives the
+    same value for both encodings. The map is applied to the rows that have
+    a negative entry, inside compiled steps too; non-negative labels (0/1
+    one-hot, soft labels) are returned unchanged.
+
     Args:
-        y_true: one-hot labels `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_true: one-hot labels `(B, C)` in $\\{0, 1\\}$ or $\\{-1, +1\\}$
+            (or soft labels where the loss allows them), or class indices
+            `(B,)` / `(B, 1)`.
         y_pred: logits `(B, C)`.
 
     Returns:
@@ -170,8 +198,9 @@ def multiclass_labels(y_true, y_pred):
         `y_pred`'s dtype.
 
     Raises:
-        ValueError: if the shapes disagree, or if concrete class indices are
-            not integers in `[0, C)`.
+        ValueError: if the shapes disagree, if concrete class indices are
+            not integers in `[0, C)`, or if concrete one-hot labels have a
+            negative entry without being a one-hot in $\\{-1, +1\\}$.
     """
     y_pred = _float_tensor(y_pred)
     y_true = ops.convert_to_tensor(y_true)
@@ -184,7 +213,17 @@ def multiclass_labels(y_true, y_pred):
     classes = y_pred.shape[-1]
     rank = len(y_true.shape)
     if rank == 2 and y_true.shape[-1] == classes:
-        return ops.cast(y_true, y_pred.dtype), y_pred
+        values = _concrete_numpy(y_true)
+        if values is not None and values.size and np.any(values < 0):
+            _check_signed_one_hot(values)
+        one_hot = ops.cast(y_true, y_pred.dtype)
+        # Rows with a negative entry are ±1 one-hot (checked above when the
+        # values are known): (y + 1) / 2 is their 0/1 one-hot.
+        signed_rows = ops.any(ops.less(one_hot, 0), axis=-1, keepdims=True)
+        one_hot = ops.where(
+            signed_rows, ops.multiply(ops.add(one_hot, 1), 0.5), one_hot
+        )
+        return one_hot, y_pred
     if rank == 1 or (rank == 2 and y_true.shape[-1] == 1):
         if classes is None:
             raise ValueError(
@@ -403,7 +442,8 @@ def multiclass_kr(y_true, y_pred):
     quantity to maximize (deel-lip's sign convention).
 
     Args:
-        y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_true: one-hot `(B, C)` in {0, 1} or {-1, +1}, or class indices
+            `(B,)` / `(B, 1)`.
         y_pred: logits `(B, C)`.
 
     Returns:
@@ -439,7 +479,8 @@ def multiclass_hinge(y_true, y_pred, min_margin=1.0):
     by $C-1$. `min_margin` $= m$ is twice the margin of each output.
 
     Args:
-        y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_true: one-hot `(B, C)` in {0, 1} or {-1, +1}, or class indices
+            `(B,)` / `(B, 1)`.
         y_pred: logits `(B, C)`.
         min_margin: float > 0.
 
@@ -469,7 +510,8 @@ def multiclass_hkr(y_true, y_pred, alpha=10.0, min_margin=1.0):
     hinge alone.
 
     Args:
-        y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
+        y_true: one-hot `(B, C)` in {0, 1} or {-1, +1}, or class indices
+            `(B,)` / `(B, 1)`.
         y_pred: logits `(B, C)`.
         alpha: float >= 0 or `inf`.
         min_margin: float > 0 (twice the paper's margin).
@@ -801,7 +843,8 @@ class MulticlassKR(_LipschitzLoss):
     """One-vs-all KR estimate, averaged over the classes (deel-lip).
 
     See `multiclass_kr`. The value is to be **maximized**; use it as a
-    metric or train with `MulticlassHKR`.
+    metric or train with `MulticlassHKR`. Labels: one-hot in {0, 1} or
+    {-1, +1} (same value), or class indices.
 
     Args:
         reduction: Keras loss reduction.
@@ -835,7 +878,8 @@ class MulticlassHinge(_LipschitzLoss):
     $$\\ell = \\frac{1}{C}\\Big[(C-1)\\big(\\tfrac{m}{2} - f_y\\big)_+ +
     \\sum_{j\\ne y}\\big(\\tfrac{m}{2} + f_j\\big)_+\\Big]$$
 
-    See `multiclass_hinge`.
+    See `multiclass_hinge`. Labels: one-hot in {0, 1} or {-1, +1} (same
+    value), or class indices.
 
     Args:
         min_margin: float > 0, $m$.
@@ -875,7 +919,8 @@ class MulticlassHKR(_LipschitzLoss):
     \\ell_{\\text{multiclass hinge}}$$
 
     Serrurier et al., CVPR 2021, in one-vs-all form. `min_margin` is twice
-    the paper's margin. See `multiclass_hkr`.
+    the paper's margin. See `multiclass_hkr`. Labels: one-hot in {0, 1}
+    or {-1, +1} (same value), or class indices.
 
     Args:
         alpha: float >= 0 or `inf`.

@@ -4,10 +4,13 @@ from keras_lipschitz.layers.activations import FullSort
 from keras_lipschitz.layers.activations import GroupSort
 from keras_lipschitz.layers.activations import GroupSort2
 from keras_lipschitz.layers.activations import Householder
+from keras_lipschitz.layers.activations import MaxMin
 from keras_lipschitz.layers.aol import AOLConv2D
 from keras_lipschitz.layers.aol import AOLDense
 from keras_lipschitz.layers.conv import BjorckConv2D
 from keras_lipschitz.layers.conv import SpectralConv2D
+from keras_lipschitz.layers.cpl import CPLConv2D
+from keras_lipschitz.layers.cpl import CPLDense
 from keras_lipschitz.layers.dense import BjorckDense
 from keras_lipschitz.layers.dense import FrobeniusDense
 from keras_lipschitz.layers.dense import SpectralDense
@@ -15,10 +18,12 @@ from keras_lipschitz.layers.heads import CRCLipHead
 from keras_lipschitz.layers.linf import LinfDistDense
 from keras_lipschitz.layers.linf import LogitScale
 from keras_lipschitz.layers.linf import SortNetDense
+from keras_lipschitz.layers.liresnet import LiResConv2D
 from keras_lipschitz.layers.normalization import BatchCentering
 from keras_lipschitz.layers.normalization import BatchLipNorm
 from keras_lipschitz.layers.normalization import LayerCentering
 from keras_lipschitz.layers.pooling import InvertibleDownSampling
+from keras_lipschitz.layers.pooling import InvertibleUpSampling
 from keras_lipschitz.layers.pooling import LipPool
 from keras_lipschitz.layers.pooling import ScaledAveragePooling2D
 from keras_lipschitz.layers.pooling import ScaledGlobalAveragePooling2D
@@ -39,6 +44,8 @@ __all__ = [
     "BjorckConv2D",
     "BjorckDense",
     "ConcatResidual",
+    "CPLConv2D",
+    "CPLDense",
     "CRCLipHead",
     "FrobeniusDense",
     "FullSort",
@@ -46,11 +53,14 @@ __all__ = [
     "GroupSort2",
     "Householder",
     "InvertibleDownSampling",
+    "InvertibleUpSampling",
     "LayerCentering",
     "LinfDistDense",
     "LipPool",
     "LipResidual",
+    "LiResConv2D",
     "LogitScale",
+    "MaxMin",
     "ScaledAveragePooling2D",
     "ScaledGlobalAveragePooling2D",
     "ScaledGlobalL2NormPooling2D",

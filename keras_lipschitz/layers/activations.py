@@ -1,18 +1,25 @@
 """Gradient-norm-preserving activations: sorting and Householder reflections.
 
 Every layer here acts on the channel axis (`axis`, default -1) and is
-*locally a permutation or a reflection* of the channels: it is 1-Lipschitz
-in the ℓ2 norm and its Jacobian is orthogonal almost everywhere (gradient
-norm preserving, GNP). These are the activations that keep orthogonal
-networks GNP (Anil, Lucas, Grosse, ICML 2019).
+*locally a permutation or a reflection* of the channels (`MaxMin`: locally
+a signed selection of the channels into twice as many): it is 1-Lipschitz
+in the ℓ2 norm and its Jacobian has orthonormal columns almost everywhere
+(gradient norm preserving, GNP). These are the activations that keep
+orthogonal networks GNP (Anil, Lucas, Grosse, ICML 2019).
 
-Channel pairing convention (fixed by this library; keep it when exporting
-or porting weights): pairs and groups are made of **adjacent** channels,
+Channel pairing convention (keep it when exporting or porting weights):
+pairs and groups are made of **adjacent** channels,
 `(x_0, x_1), (x_2, x_3), ...`, and sorted pairs are returned in the order
-`(min, max)`. This is the deel-lip `GroupSort2` convention. The SOC code
-(`MaxMin`) and the Householder layers of SOC and deel-lip pair the first
-half of the channels with the second half instead, and SOC's `MaxMin`
-returns `(max, min)`.
+`(min, max)`. This is the deel-lip `GroupSort2` convention. The SOC code's
+sorting activation (which SOC calls `MaxMin`; it is a `GroupSort2` of the
+two channel halves returning `(max, min)`, not our `MaxMin`) and the
+Householder layers of SOC and deel-lip pair the first half of the channels
+with the second half instead: `Householder(pairing="halves")` offers that
+convention.
+
+`MaxMin` is deel-lip's activation of that name, $[\\mathrm{ReLU}(x),
+\\mathrm{ReLU}(-x)]$: it doubles the channels and is not a sorting
+activation.
 """
 
 import math
@@ -28,6 +35,7 @@ from keras_lipschitz.layers._base import OneLipschitzLayer
 from keras_lipschitz.layers import _validation
 
 HALF_PI = math.pi / 2.0
+QUARTER_PI = math.pi / 4.0
 
 
 def _validate_axis(axis):
@@ -51,6 +59,9 @@ class _ChannelActivation(OneLipschitzLayer):
         self._channel_axis = None
         self._channels = None
 
+    # Whether `build` refuses an unknown channel dimension.
+    _needs_known_channels = True
+
     def build(self, input_shape):
         rank = len(input_shape)
         if not -rank <= self.axis < rank or self.axis % rank == 0:
@@ -61,6 +72,9 @@ class _ChannelActivation(OneLipschitzLayer):
             )
         channel_axis = self.axis % rank
         channels = input_shape[channel_axis]
+        if channels is None and not self._needs_known_channels:
+            self._channel_axis = channel_axis
+            return
         if channels is None:
             raise ValueError(
                 f"{type(self).__name__} needs a known channel dimension "
@@ -113,7 +127,8 @@ class GroupSort(_ChannelActivation):
 
     Locally the map is a permutation of the coordinates, so it is
     1-Lipschitz in $\\ell_2$ and its Jacobian is orthogonal almost
-    everywhere (gradient norm preserving). $g = 2$ is MaxMin, returned as
+    everywhere (gradient norm preserving). $g = 2$ is `GroupSort2` (the
+    "MaxMin" of Anil et al., not the `MaxMin` layer), returned as
     `(min, max)` for each pair of adjacent channels (deel-lip convention;
     SOC returns `(max, min)` of the two channel halves); $g = C$ is
     `FullSort`.
@@ -232,13 +247,13 @@ class GroupSort(_ChannelActivation):
 
 @keras_lipschitz_export
 class GroupSort2(GroupSort):
-    """MaxMin: `GroupSort` with groups of 2 adjacent channels.
+    """`GroupSort` with groups of 2 adjacent channels ("MaxMin").
 
     Each pair of adjacent channels $(x_{2i}, x_{2i+1})$ becomes
     $(\\min(x_{2i}, x_{2i+1}), \\max(x_{2i}, x_{2i+1}))$. It is 1-Lipschitz
-    and gradient norm preserving. Not to be confused with deel-lip's
-    `MaxMin`, which is $(\\mathrm{ReLU}(x), \\mathrm{ReLU}(-x))$ and doubles
-    the channels.
+    and gradient norm preserving. Not to be confused with `MaxMin`
+    (deel-lip's `MaxMin`), which is $(\\mathrm{ReLU}(x),
+    \\mathrm{ReLU}(-x))$ and doubles the channels.
 
     Reference: Anil, Lucas, Grosse, "Sorting out Lipschitz function
     approximation", ICML 2019.
@@ -312,13 +327,70 @@ class FullSort(GroupSort):
         return config
 
 
+def _validate_pairing(pairing):
+    return _validation.validate_choice(
+        "pairing", pairing, {"adjacent", "halves"}
+    )
+
+
+def _householder_coefficients(theta):
+    """Per-pair coefficients of HH1, exact at every multiple of $\\pi/2$.
+
+    Returns `(p, q, cos_theta, sin_theta)`, float32 tensors of $\\theta$'s
+    shape: the reflection is applied where $p\\,x + q\\,y > 0$, with
+    $(p, q)$ a positive multiple of $v = (\\sin\\frac{\\theta}{2},
+    -\\cos\\frac{\\theta}{2})$.
+
+    Why not `sin(theta / 2)` and `cos(theta)` directly: float32 $\\pi/2$
+    is not exactly $\\pi/2$, so $\\cos\\theta$ would be $-4.4\\cdot10^{-8}$
+    instead of 0 at the default $\\theta = \\pi/2$, and
+    $\\cos(\\theta/2)$ and $\\sin(\\theta/2)$ may differ in the last bit.
+    Instead the half angle is split as $\\theta/2 = \\psi + \\delta$, with
+    $\\psi = m\\pi/4$ the nearest multiple of $\\pi/4$ ($\\delta$ is exactly
+    0 for the float32 values of $\\theta = 0, \\pi/2, \\pi$). The sines
+    and cosines of $\\psi$ and of $2\\psi = m\\pi/2$ are taken as the exact
+    integers $-1, 0, 1$ (those of $\\psi$ scaled by $\\sqrt2$ when $m$ is
+    odd, which does not change the sign of the selector), and the angle
+    sum formulas add $\\delta$ (and $2\\delta$) back. At $\\delta = 0$
+    every coefficient is an exact 0 or $\\pm 1$: $\\theta = \\pi/2$
+    computes exactly `GroupSort2`, $\\theta = 0$ exactly $(x, |y|)$ and
+    $\\theta = \\pi$ exactly $(-|x|, y)$.
+    """
+    half = ops.multiply(theta, 0.5)
+    quarter_pi = ops.convert_to_tensor(QUARTER_PI, dtype="float32")
+    # m is piecewise constant: no gradient flows through it.
+    m = ops.stop_gradient(ops.round(ops.divide(half, quarter_pi)))
+    delta = ops.subtract(half, ops.multiply(m, quarter_pi))
+    cos_d, sin_d = ops.cos(delta), ops.sin(delta)
+    # sqrt(2) sin(psi), sqrt(2) cos(psi) rounded to {-1, 0, 1} (as are the
+    # unscaled values at even m): 1.25 * {0, 0.71, 1} rounds to {0, 1, 1}.
+    psi = ops.multiply(m, quarter_pi)
+    sin_psi = ops.round(ops.multiply(ops.sin(psi), 1.25))
+    cos_psi = ops.round(ops.multiply(ops.cos(psi), 1.25))
+    p = ops.add(ops.multiply(cos_d, sin_psi), ops.multiply(sin_d, cos_psi))
+    q = ops.subtract(
+        ops.multiply(sin_d, sin_psi), ops.multiply(cos_d, cos_psi)
+    )
+    # theta = m pi / 2 + 2 delta.
+    quarter_turns = ops.multiply(psi, 2.0)
+    cos_m = ops.round(ops.cos(quarter_turns))
+    sin_m = ops.round(ops.sin(quarter_turns))
+    cos_e = ops.cos(ops.multiply(delta, 2.0))
+    sin_e = ops.sin(ops.multiply(delta, 2.0))
+    cos_theta = ops.subtract(
+        ops.multiply(cos_m, cos_e), ops.multiply(sin_m, sin_e)
+    )
+    sin_theta = ops.add(ops.multiply(sin_m, cos_e), ops.multiply(cos_m, sin_e))
+    return p, q, cos_theta, sin_theta
+
+
 @keras_lipschitz_export
 class Householder(_ChannelActivation):
     """Learnable Householder activation of order 1 (HH1) on channel pairs.
 
-    Each pair of adjacent channels $z = (x, y) = (x_{2i}, x_{2i+1})$ has its
-    own angle $\\theta_i$ (a trainable float32 weight, shared over all the
-    other axes). With $v = (\\sin\\frac{\\theta}{2}, -\\cos\\frac{\\theta}{2})$:
+    Each pair of channels $z = (x, y)$ has its own angle $\\theta_i$ (a
+    trainable float32 weight, shared over all the other axes). With
+    $v = (\\sin\\frac{\\theta}{2}, -\\cos\\frac{\\theta}{2})$:
 
     $$f(z) = \\begin{cases} z & \\text{if } v^\\top z \\le 0,\\\\
     (I - 2vv^\\top)\\,z = (x\\cos\\theta + y\\sin\\theta,\\;
@@ -327,20 +399,23 @@ class Householder(_ChannelActivation):
     The reflection $I - 2vv^\\top$ fixes the line $v^\\top z = 0$, so $f$ is
     continuous and piecewise orthogonal: 1-Lipschitz and gradient norm
     preserving. At the default $\\theta = \\pi/2$ it is exactly `GroupSort2`,
-    $(\\min(x, y), \\max(x, y))$.
+    $(\\min(x, y), \\max(x, y))$; $\\theta = 0$ gives $(x, |y|)$ and
+    $\\theta = \\pi$ gives $(-|x|, y)$. The float32 computation is exact at
+    these three angles (the angles are reduced to the nearest multiple of
+    $\\pi/4$ first, so that no $10^{-8}$ residue of $\\cos(\\pi/2)$ is
+    left).
 
-    Implementation: with $\\beta = \\theta - \\pi/2$ (exactly 0 at the
-    default initialisation) the test is
-    $\\cos\\frac{\\beta}{2}(x - y) + \\sin\\frac{\\beta}{2}(x + y) \\le 0$
-    (the same sign as $\\sqrt2\\,v^\\top z$) and the reflection is
-    $(y\\cos\\beta - x\\sin\\beta,\\; x\\cos\\beta + y\\sin\\beta)$. This is
-    the same map, written so that at $\\theta = \\pi/2$ the float32
-    computation reduces bit-for-bit to `GroupSort2`.
+    Pairing (`pairing`):
 
-    Pairing convention: adjacent channels $(2i, 2i+1)$, as in `GroupSort2`.
-    The Householder layers of the SOC code and of deel-lip pair channel
-    $i$ with channel $i + C/2$ (the two halves) instead: permute the
-    channels when porting their $\\theta$.
+    - `"adjacent"` (default): $(x, y) = (x_{2i}, x_{2i+1})$, as in
+      `GroupSort2`; the outputs stay in place.
+    - `"halves"`: $(x, y) = (x_i, x_{i + C/2})$, the first half of the
+      channels with the second half, as in the SOC code and in deel-lip's
+      `Householder`: with this pairing, $\\theta$ ported from deel-lip
+      gives deel-lip's outputs.
+
+    Both pairings are 1-Lipschitz; they differ by a fixed permutation of the
+    channels before and after the layer.
 
     Reference: Singla, Singla, Feizi, "Improved deterministic l2 robustness
     on CIFAR-10 and CIFAR-100", ICLR 2022.
@@ -349,7 +424,9 @@ class Householder(_ChannelActivation):
         axis: int, the channel axis (default -1; pass 1 for
             `channels_first` images).
         theta_initializer: initializer of the $C/2$ angles (default: the
-            constant $\\pi/2$, i.e. MaxMin).
+            constant $\\pi/2$, i.e. `GroupSort2`).
+        pairing: `"adjacent"` (default) or `"halves"` (deel-lip and SOC),
+            see above.
 
     Input shape:
         Any tensor of rank >= 2 with an even, known channel dimension $C$.
@@ -366,10 +443,16 @@ class Householder(_ChannelActivation):
     [[1.0, 3.0, -2.0, 5.0]]
     >>> tuple(layer.theta.shape)
     (2,)
+    >>> halves = Householder(pairing="halves")  # pairs (3, -2) and (1, 5)
+    >>> ops.convert_to_numpy(halves(x)).tolist()
+    [[-2.0, 1.0, 3.0, 5.0]]
     """
 
-    def __init__(self, axis=-1, theta_initializer=None, **kwargs):
+    def __init__(
+        self, axis=-1, theta_initializer=None, pairing="adjacent", **kwargs
+    ):
         super().__init__(axis=axis, **kwargs)
+        self.pairing = _validate_pairing(pairing)
         if theta_initializer is None:
             theta_initializer = keras.initializers.Constant(HALF_PI)
         self.theta_initializer = keras.initializers.get(theta_initializer)
@@ -396,41 +479,105 @@ class Householder(_ChannelActivation):
         )
 
     def call(self, inputs):
-        grouped, shape = self._split_groups(inputs, 2)
-        pair_axis = self._channel_axis + 1
-        x, y = ops.split(grouped, 2, axis=pair_axis)
-        # beta has shape (C/2, 1, 1, ...) to broadcast against x and y.
-        trailing = len(shape) - self._channel_axis
-        beta = ops.subtract(
-            ops.convert_to_tensor(self.theta),
-            ops.convert_to_tensor(HALF_PI, dtype="float32"),
+        if self.pairing == "adjacent":
+            grouped, shape = self._split_groups(inputs, 2)
+            pair_axis = self._channel_axis + 1
+            x, y = ops.split(grouped, 2, axis=pair_axis)
+        else:
+            pair_axis = self._channel_axis
+            x, y = ops.split(inputs, 2, axis=pair_axis)
+        # The coefficients have shape (C/2, 1, 1, ...) to broadcast against
+        # x and y, whose pair index is at `self._channel_axis`.
+        trailing = len(x.shape) - self._channel_axis - 1
+        coefficients = _householder_coefficients(
+            ops.convert_to_tensor(self.theta)
         )
-        beta = ops.reshape(beta, (self._channels // 2,) + (1,) * trailing)
-        half = ops.multiply(beta, 0.5)
-        cos_half = ops.cast(ops.cos(half), inputs.dtype)
-        sin_half = ops.cast(ops.sin(half), inputs.dtype)
-        cos_beta = ops.cast(ops.cos(beta), inputs.dtype)
-        sin_beta = ops.cast(ops.sin(beta), inputs.dtype)
-        # Same sign as v^T z (times sqrt(2)); exactly x - y when beta = 0.
-        side = ops.add(
-            ops.multiply(cos_half, ops.subtract(x, y)),
-            ops.multiply(sin_half, ops.add(x, y)),
+        p, q, cos_theta, sin_theta = (
+            ops.cast(
+                ops.reshape(c, (self._channels // 2,) + (1,) * trailing),
+                inputs.dtype,
+            )
+            for c in coefficients
         )
+        # A positive multiple of v^T z: exactly x - y at theta = pi/2.
+        side = ops.add(ops.multiply(p, x), ops.multiply(q, y))
         keep = ops.less_equal(side, 0)
-        reflected_x = ops.subtract(
-            ops.multiply(cos_beta, y), ops.multiply(sin_beta, x)
+        reflected_x = ops.add(
+            ops.multiply(cos_theta, x), ops.multiply(sin_theta, y)
         )
-        reflected_y = ops.add(
-            ops.multiply(cos_beta, x), ops.multiply(sin_beta, y)
+        reflected_y = ops.subtract(
+            ops.multiply(sin_theta, x), ops.multiply(cos_theta, y)
         )
         out_x = ops.where(keep, x, reflected_x)
         out_y = ops.where(keep, y, reflected_y)
         outputs = ops.concatenate([out_x, out_y], axis=pair_axis)
-        return ops.reshape(outputs, shape)
+        if self.pairing == "adjacent":
+            outputs = ops.reshape(outputs, shape)
+        return outputs
 
     def get_config(self):
         config = super().get_config()
         config["theta_initializer"] = keras.initializers.serialize(
             self.theta_initializer
         )
+        config["pairing"] = self.pairing
         return config
+
+
+@keras_lipschitz_export
+class MaxMin(_ChannelActivation):
+    """deel-lip's MaxMin: $[\\mathrm{ReLU}(x), \\mathrm{ReLU}(-x)]$.
+
+    $$f(x) = \\big[\\max(x, 0),\\; \\max(-x, 0)\\big] = \\big[\\max(x, 0),\\;
+    -\\min(x, 0)\\big],$$
+
+    concatenated along the channel axis: $C$ channels become $2C$, the
+    positive parts first. Also known as CReLU. Each coordinate $x_i$ lands
+    in exactly one of its two outputs (the other is 0), so
+    $\\lVert f(x)\\rVert = \\lVert x\\rVert$, the Jacobian has orthonormal
+    columns wherever no $x_i$ is 0 (gradient norm preserving), and $f$ is
+    1-Lipschitz: for $a > 0 > b$,
+    $a^2 + b^2 \\le (a - b)^2$.
+
+    This is **not** `GroupSort2` (which sorts channel pairs and keeps $C$
+    channels), nor the `MaxMin` of the SOC code (a `GroupSort2` of the two
+    channel halves).
+
+    References: Blot, Cord, Thome, "Max-min convolutional neural networks
+    for image classification", ICIP 2016; Shang, Sohn, Almeida, Lee,
+    "Understanding and improving convolutional neural networks via
+    concatenated rectified linear units", ICML 2016.
+
+    Args:
+        axis: int, the channel axis (default -1; pass 1 for
+            `channels_first` images, deel-lip's
+            `data_format="channels_first"`).
+
+    Input shape:
+        Any tensor of rank >= 2. The channel dimension may be unknown.
+
+    Output shape:
+        The input shape with the channel dimension doubled.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([[3.0, -1.0, 0.5]], "float32")
+    >>> ops.convert_to_numpy(MaxMin()(x)).tolist()
+    [[3.0, 0.0, 0.5, 0.0, 1.0, 0.0]]
+    """
+
+    _needs_known_channels = False
+
+    def call(self, inputs):
+        return ops.concatenate(
+            [ops.relu(inputs), ops.relu(ops.negative(inputs))],
+            axis=self._channel_axis,
+        )
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        axis = self.axis % len(shape)
+        if shape[axis] is not None:
+            shape[axis] = 2 * shape[axis]
+        return tuple(shape)

@@ -524,21 +524,108 @@ class ScaledGlobalL2NormPooling2D(_ScaledGlobalPooling2D):
         return config
 
 
+_CHANNEL_ORDERS = ("space_to_depth", "pixel_unshuffle")
+
+# Permutations of the blocked tensors, by (data_format, channel_order).
+# channels_last blocks (batch, H/ph, ph, W/pw, pw, C) and channels_first
+# blocks (batch, C, H/ph, ph, W/pw, pw) are transposed to the output layout.
+_DOWN_PERMUTATIONS = {
+    ("channels_last", "space_to_depth"): (0, 1, 3, 2, 4, 5),
+    ("channels_last", "pixel_unshuffle"): (0, 1, 3, 5, 2, 4),
+    ("channels_first", "space_to_depth"): (0, 3, 5, 1, 2, 4),
+    ("channels_first", "pixel_unshuffle"): (0, 1, 3, 5, 2, 4),
+}
+# The inverse permutations; their inputs are the down-sampled tensor with its
+# depth split as (ph, pw, C) (space_to_depth) or (C, ph, pw) (pixel_unshuffle),
+# after (channels_last) or before (channels_first) the spatial axes.
+_UP_PERMUTATIONS = {
+    ("channels_last", "space_to_depth"): (0, 1, 3, 2, 4, 5),
+    ("channels_last", "pixel_unshuffle"): (0, 1, 4, 2, 5, 3),
+    ("channels_first", "space_to_depth"): (0, 3, 4, 1, 5, 2),
+    ("channels_first", "pixel_unshuffle"): (0, 1, 4, 2, 5, 3),
+}
+
+
+def _split_depth(pool_size, channels, channel_order):
+    """The depth axis `ph pw C` as the three axes of `channel_order`."""
+    ph, pw = pool_size
+    if channel_order == "space_to_depth":
+        return (ph, pw, channels)
+    return (channels, ph, pw)
+
+
+class _InvertibleResampling2D(OneLipschitzLayer):
+    """Arguments, config and shape checks of the space/depth permutations."""
+
+    def __init__(
+        self,
+        pool_size=2,
+        data_format=None,
+        channel_order="space_to_depth",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.pool_size = _validation.validate_int_tuple("pool_size", pool_size)
+        self.data_format = _validation.validate_data_format(data_format)
+        self.channel_order = _validation.validate_choice(
+            "channel_order", channel_order, set(_CHANNEL_ORDERS)
+        )
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def _image_axes(self, input_shape):
+        """`(height, width, channels)` of a 4D shape and their axes."""
+        if self.data_format == "channels_last":
+            _, height, width, channels = input_shape
+            axes = (1, 2, 3)
+        else:
+            _, channels, height, width = input_shape
+            axes = (2, 3, 1)
+        return (height, width, channels), axes
+
+    def _check_known(self, input_shape, sizes):
+        for name, size in zip(("H", "W", "channel dimension"), sizes):
+            if size is None:
+                raise ValueError(
+                    f"{type(self).__name__} needs a known {name} "
+                    f"(data_format={self.data_format!r}). "
+                    f"Received: input_shape={input_shape}"
+                )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "pool_size": self.pool_size,
+                "data_format": self.data_format,
+                "channel_order": self.channel_order,
+            }
+        )
+        return config
+
+
 @keras_lipschitz_export
-class InvertibleDownSampling(OneLipschitzLayer):
+class InvertibleDownSampling(_InvertibleResampling2D):
     """Space-to-depth: moves each $p_h \\times p_w$ block into the channels.
 
     `(batch, H, W, C)` becomes `(batch, H/p_h, W/p_w, p_h p_w C)` (or the
-    `channels_first` equivalent). Output pixel $(i, j)$, channel
-    $(a\\,p_w + b)\\,C + c$ holds input pixel $(i p_h + a, j p_w + b)$,
-    channel $c$, for $0 \\le a < p_h$, $0 \\le b < p_w$: the channel order
-    of `tf.nn.space_to_depth`, used for **both** data formats (PyTorch's
-    `PixelUnshuffle` uses $c\\,p_h p_w + a\\,p_w + b$ instead: permute the
-    channels when porting weights).
+    `channels_first` equivalent). Output pixel $(i, j)$ gathers the block of
+    input pixels $(i p_h + a, j p_w + b)$, $0 \\le a < p_h$,
+    $0 \\le b < p_w$; input channel $c$ of block pixel $(a, b)$ becomes
+    output channel
+
+    - $(a\\,p_w + b)\\,C + c$ with `channel_order="space_to_depth"` (the
+      default; the order of `tf.nn.space_to_depth`);
+    - $c\\,p_h p_w + a\\,p_w + b$ with `channel_order="pixel_unshuffle"`
+      (the order of PyTorch's `PixelUnshuffle` and of deel-lip's
+      `InvertibleDownSampling`: use it for weights ported from deel-lip or
+      PyTorch).
+
+    The order is the same for both data formats.
 
     A permutation of the coordinates: orthogonal, hence 1-Lipschitz,
-    gradient norm preserving and exactly invertible. $H$ and $W$ must be
-    known and divisible by the pool.
+    gradient norm preserving and exactly invertible (`InvertibleUpSampling`
+    with the same arguments is its inverse). $H$, $W$ and $C$ must be known
+    and $H$, $W$ divisible by the pool.
 
     Reference: Jacobsen, Smeulders, Oyallon, "i-RevNet: Deep invertible
     networks", ICLR 2018; used for downsampling in orthogonal networks by
@@ -548,6 +635,8 @@ class InvertibleDownSampling(OneLipschitzLayer):
         pool_size: int or tuple of 2 ints $(p_h, p_w)$.
         data_format: `"channels_last"`, `"channels_first"`, or None for
             `keras.config.image_data_format()`.
+        channel_order: `"space_to_depth"` (default) or `"pixel_unshuffle"`
+            (deel-lip, PyTorch), see above.
 
     Input shape:
         4D tensor with static H, W, C; H divisible by $p_h$, W by $p_w$.
@@ -559,23 +648,19 @@ class InvertibleDownSampling(OneLipschitzLayer):
     Example:
 
     >>> import numpy as np
-    >>> x = np.arange(4, dtype="float32").reshape(1, 2, 2, 1)
+    >>> x = np.arange(8, dtype="float32").reshape(1, 2, 2, 2)
     >>> layer = InvertibleDownSampling(2, data_format="channels_last")
     >>> ops.convert_to_numpy(layer(x)).tolist()
-    [[[[0.0, 1.0, 2.0, 3.0]]]]
+    [[[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]]]
+    >>> layer = InvertibleDownSampling(
+    ...     2, data_format="channels_last", channel_order="pixel_unshuffle"
+    ... )
+    >>> ops.convert_to_numpy(layer(x)).tolist()
+    [[[[0.0, 2.0, 4.0, 6.0, 1.0, 3.0, 5.0, 7.0]]]]
     """
 
-    def __init__(self, pool_size=2, data_format=None, **kwargs):
-        super().__init__(**kwargs)
-        self.pool_size = _validation.validate_int_tuple("pool_size", pool_size)
-        self.data_format = _validation.validate_data_format(data_format)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-
     def build(self, input_shape):
-        if self.data_format == "channels_last":
-            _, height, width, channels = input_shape
-        else:
-            _, channels, height, width = input_shape
+        (height, width, channels), axes = self._image_axes(input_shape)
         for name, size, pool in (
             ("H", height, self.pool_size[0]),
             ("W", width, self.pool_size[1]),
@@ -593,32 +678,23 @@ class InvertibleDownSampling(OneLipschitzLayer):
                 f"(data_format={self.data_format!r}). "
                 f"Received: input_shape={input_shape}"
             )
-        axes = (1, 2, 3) if self.data_format == "channels_last" else (2, 3, 1)
         self.input_spec = keras.layers.InputSpec(
             ndim=4, axes=dict(zip(axes, (height, width, channels)))
         )
 
     def call(self, inputs):
         ph, pw = self.pool_size
+        (height, width, channels), _ = self._image_axes(inputs.shape)
+        ho, wo = height // ph, width // pw
+        depth = ph * pw * channels
+        permutation = _DOWN_PERMUTATIONS[(self.data_format, self.channel_order)]
         if self.data_format == "channels_last":
-            _, height, width, channels = inputs.shape
-            x = ops.reshape(
-                inputs, (-1, height // ph, ph, width // pw, pw, channels)
-            )
-            # -> (batch, H/ph, W/pw, ph, pw, C)
-            x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
-            return ops.reshape(
-                x, (-1, height // ph, width // pw, ph * pw * channels)
-            )
-        _, channels, height, width = inputs.shape
-        x = ops.reshape(
-            inputs, (-1, channels, height // ph, ph, width // pw, pw)
-        )
-        # -> (batch, ph, pw, C, H/ph, W/pw)
-        x = ops.transpose(x, (0, 3, 5, 1, 2, 4))
-        return ops.reshape(
-            x, (-1, ph * pw * channels, height // ph, width // pw)
-        )
+            x = ops.reshape(inputs, (-1, ho, ph, wo, pw, channels))
+            x = ops.transpose(x, permutation)
+            return ops.reshape(x, (-1, ho, wo, depth))
+        x = ops.reshape(inputs, (-1, channels, ho, ph, wo, pw))
+        x = ops.transpose(x, permutation)
+        return ops.reshape(x, (-1, depth, ho, wo))
 
     def compute_output_shape(self, input_shape):
         ph, pw = self.pool_size
@@ -634,12 +710,97 @@ class InvertibleDownSampling(OneLipschitzLayer):
         depth = None if channels is None else ph * pw * channels
         return (batch, depth, div(height, ph), div(width, pw))
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"pool_size": self.pool_size, "data_format": self.data_format}
+
+@keras_lipschitz_export
+class InvertibleUpSampling(_InvertibleResampling2D):
+    """Depth-to-space: the inverse of `InvertibleDownSampling`.
+
+    `(batch, h, w, p_h p_w C)` becomes `(batch, h p_h, w p_w, C)` (or the
+    `channels_first` equivalent): output pixel $(i p_h + a, j p_w + b)$,
+    channel $c$, is input pixel $(i, j)$, channel
+
+    - $(a\\,p_w + b)\\,C + c$ with `channel_order="space_to_depth"` (the
+      default; the order of `tf.nn.depth_to_space`);
+    - $c\\,p_h p_w + a\\,p_w + b$ with `channel_order="pixel_unshuffle"`
+      (PyTorch's `PixelShuffle`, deel-lip's `InvertibleUpSampling`).
+
+    With the same `pool_size`, `data_format` and `channel_order`,
+    `InvertibleUpSampling` and `InvertibleDownSampling` are inverse to
+    each other. A permutation of the coordinates: orthogonal, hence
+    1-Lipschitz and gradient norm preserving.
+
+    Reference: Jacobsen, Smeulders, Oyallon, "i-RevNet: Deep invertible
+    networks", ICLR 2018; Shi et al., "Real-time single image and video
+    super-resolution using an efficient sub-pixel convolutional neural
+    network", CVPR 2016 (pixel shuffle).
+
+    Args:
+        pool_size: int or tuple of 2 ints $(p_h, p_w)$.
+        data_format: `"channels_last"`, `"channels_first"`, or None for
+            `keras.config.image_data_format()`.
+        channel_order: `"space_to_depth"` (default) or `"pixel_unshuffle"`
+            (deel-lip, PyTorch), see above.
+
+    Input shape:
+        4D tensor with static h, w and a static channel dimension divisible
+        by $p_h p_w$.
+
+    Output shape:
+        `(batch, h p_h, w p_w, C)` (channels_last) or
+        `(batch, C, h p_h, w p_w)` (channels_first), with $C$ the input
+        channels divided by $p_h p_w$.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = np.arange(4, dtype="float32").reshape(1, 1, 1, 4)
+    >>> layer = InvertibleUpSampling(2, data_format="channels_last")
+    >>> ops.convert_to_numpy(layer(y))[0, :, :, 0].tolist()
+    [[0.0, 1.0], [2.0, 3.0]]
+    """
+
+    def build(self, input_shape):
+        sizes, axes = self._image_axes(input_shape)
+        self._check_known(input_shape, sizes)
+        ph, pw = self.pool_size
+        if sizes[2] % (ph * pw):
+            raise ValueError(
+                f"`pool_size` {self.pool_size} must be such that "
+                f"p_h * p_w = {ph * pw} divides the channel dimension "
+                f"(data_format={self.data_format!r}). "
+                f"Received: channels={sizes[2]}, input_shape={input_shape}"
+            )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes=dict(zip(axes, sizes))
         )
-        return config
+
+    def call(self, inputs):
+        ph, pw = self.pool_size
+        (height, width, depth), _ = self._image_axes(inputs.shape)
+        channels = depth // (ph * pw)
+        split = _split_depth(self.pool_size, channels, self.channel_order)
+        permutation = _UP_PERMUTATIONS[(self.data_format, self.channel_order)]
+        if self.data_format == "channels_last":
+            x = ops.reshape(inputs, (-1, height, width) + split)
+            x = ops.transpose(x, permutation)
+            return ops.reshape(x, (-1, height * ph, width * pw, channels))
+        x = ops.reshape(inputs, (-1,) + split + (height, width))
+        x = ops.transpose(x, permutation)
+        return ops.reshape(x, (-1, channels, height * ph, width * pw))
+
+    def compute_output_shape(self, input_shape):
+        ph, pw = self.pool_size
+
+        def times(size, pool):
+            return None if size is None else size * pool
+
+        (height, width, depth), _ = self._image_axes(input_shape)
+        channels = None if depth is None else depth // (ph * pw)
+        batch = input_shape[0]
+        out_h, out_w = times(height, ph), times(width, pw)
+        if self.data_format == "channels_last":
+            return (batch, out_h, out_w, channels)
+        return (batch, channels, out_h, out_w)
 
 
 @keras_lipschitz_export
