@@ -780,7 +780,13 @@ def conv_input_gram(kernel):
         A tensor `(c_in, 2k_h - 1, 2k_w - 1, c_in)` whose entry
         `[i, u + k_h - 1, v + k_w - 1, j]` is $M_{ij}(u, v)$.
     """
-    k_h, k_w = kernel.shape[0], kernel.shape[1]
+    k_h, k_w, c_in = kernel.shape[0], kernel.shape[1], kernel.shape[2]
+    if c_in == 1:
+        # A batch of one image hits torch's slow_conv2d, whose backward
+        # fails ("grad_weight must be contiguous"): add a zero input
+        # channel, which adds only zero entries, and drop it again.
+        padded = ops.pad(kernel, ((0, 0), (0, 0), (0, 1), (0, 0)))
+        return conv_input_gram(padded)[:1, :, :, :1]
     as_batch = ops.transpose(kernel, (2, 0, 1, 3))
     as_batch = ops.pad(
         as_batch, ((0, 0), (k_h - 1, k_h - 1), (k_w - 1, k_w - 1), (0, 0))

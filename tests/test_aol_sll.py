@@ -296,6 +296,8 @@ AOL_CONV_CASES = [
     (3, 1, "valid", 6, 3, 2),
     (3, 2, "same", 7, 3, 2),
     (2, 2, "valid", 6, 3, 2),
+    # One input channel (MNIST's first layer): its Gram takes another path.
+    (3, 1, "same", 6, 1, 2),
 ]
 
 

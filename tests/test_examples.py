@@ -1,6 +1,7 @@
 """Every example runs end to end in smoke mode (one backend only).
 
-Each `examples/*.py` not starting with `_` is run with `--smoke` in a
+Each `examples/*.py` not starting with `_` (and not `recipes.py`, a module
+of recipe functions that the examples and the benchmarks import) is run with `--smoke` in a
 subprocess: it must exit with 0, print the clean and certified accuracy
 lines and write its PNG. The examples are backend-neutral and the library's
 backend behaviour is tested elsewhere, so this runs on torch only (eager:
@@ -23,10 +24,13 @@ import pytest
 
 BACKEND = "torch"
 EXAMPLES_DIR = os.path.join(os.path.dirname(__file__), "..", "examples")
+# Modules that examples import, not scripts to run.
+NOT_SCRIPTS = {"recipes.py"}
 EXAMPLES = sorted(
     path
     for path in glob.glob(os.path.join(EXAMPLES_DIR, "*.py"))
     if not os.path.basename(path).startswith("_")
+    and os.path.basename(path) not in NOT_SCRIPTS
 )
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
