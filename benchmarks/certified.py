@@ -109,6 +109,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="short run: budget 20 s and 2,000 test images "
                    "unless given")
+    p.add_argument("--save-model", default=None, metavar="PATH",
+                   help="save the trained model (.keras) before certifying "
+                   "(for benchmarks/certification_gap.py)")
     p.add_argument("--smoke", action="store_true",
                    help="test-suite run: budget 5 s, 512 training and 64 "
                    "test images unless given, random images of the task's "
@@ -328,6 +331,8 @@ def run_once(args):
         flush=True,
     )
 
+    if args.save_model:
+        model.save(args.save_model)
     # Certification: inference-mode weights, guaranteed float64 bounds.
     cert_start = time.perf_counter()
     radius = keras_lipschitz.certify(
