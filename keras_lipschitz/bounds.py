@@ -165,15 +165,25 @@ def conv_spectral_norm_upper_bound(kernel, input_size, strides, padding):
         kernel: array `(k_h, k_w, c_in, c_out)`.
         input_size: `(h, w)` the operator acts on.
         strides: `(s_h, s_w)`.
-        padding: `"same"` or `"valid"`.
+        padding: `"same"`, `"valid"`, or `"causal"` for a height-1
+            kernel (Keras's `Conv1D` as a 2-D conv of height 1).
 
     Returns:
         A Python float.
     """
     kernel = np.asarray(kernel, dtype=np.float64)
     h, w = input_size
+    drop = 0
+    if padding == "causal":
+        # Conv1D's "causal" (a height-1 kernel): the "valid" conv of the
+        # input zero-padded on the left by k_w - 1, i.e. that conv's
+        # matrix without the columns of the padded positions.
+        drop = (kernel.shape[1] - 1) * kernel.shape[2]
+        w = w + kernel.shape[1] - 1
+        input_size, padding = (h, w), "valid"
     if h * w * kernel.shape[2] <= EXPLICIT_OPERATOR_MAX_INPUT_DIM:
         matrix = conv_operator_matrix(kernel, input_size, strides, padding)
+        matrix = matrix[:, drop:]
         if matrix.size == 0:
             return 0.0
         gram = matrix.T @ matrix
@@ -186,3 +196,112 @@ def conv_spectral_norm_upper_bound(kernel, input_size, strides, padding):
         conv_fft_upper_bound(kernel, input_size, strides),
         conv_reshaped_upper_bound(kernel),
     )
+
+
+def dilate_kernel(kernel, dilation):
+    """The kernel of a dilated convolution as an ordinary (inflated) one.
+
+    A conv with dilation $d$ reads taps $d\\,a$ apart; it is the ordinary
+    conv by the kernel of size $d(k - 1) + 1$ holding $K[a]$ at $d\\,a$ and
+    zeros between, with the same padding ("same" pads for that effective
+    size in Keras).
+
+    Args:
+        kernel: array `(k_h, k_w, c_in, c_out)`.
+        dilation: `(d_h, d_w)`, ints >= 1.
+
+    Returns:
+        float64 array `(d_h (k_h - 1) + 1, d_w (k_w - 1) + 1, c_in, c_out)`.
+    """
+    kernel = np.asarray(kernel, dtype=np.float64)
+    d_h, d_w = dilation
+    if (d_h, d_w) == (1, 1):
+        return kernel
+    k_h, k_w = kernel.shape[:2]
+    inflated = np.zeros(
+        (d_h * (k_h - 1) + 1, d_w * (k_w - 1) + 1) + kernel.shape[2:]
+    )
+    inflated[::d_h, ::d_w] = kernel
+    return inflated
+
+
+def conv_kernel_parts(kernel, groups=1, depthwise=False):
+    """The independent blocks of a grouped or depthwise conv kernel.
+
+    Args:
+        kernel: array `(k_h, k_w, c_in / groups, c_out)`, or a depthwise
+            kernel `(k_h, k_w, c_in, multiplier)`.
+        groups: int >= 1 (ignored when `depthwise`).
+        depthwise: whether `kernel` is a depthwise kernel.
+
+    Returns:
+        A list of ordinary kernels, one per group (per input channel when
+        depthwise); the conv's norm is the largest of their norms.
+    """
+    if depthwise:
+        return [kernel[:, :, c : c + 1, :] for c in range(kernel.shape[2])]
+    size = kernel.shape[3] // groups
+    return [kernel[:, :, :, i * size : (i + 1) * size] for i in range(groups)]
+
+
+def conv_layer_upper_bound(
+    kernel,
+    input_size,
+    strides=(1, 1),
+    padding="same",
+    dilation=(1, 1),
+    groups=1,
+    depthwise=False,
+    transpose=False,
+):
+    """Guaranteed norm bound of a 2-D conv with dilation, groups or
+    depthwise channels, or of its transpose.
+
+    - **Dilation**: the conv by the inflated kernel of `dilate_kernel`.
+    - **Groups** ($g$ groups, kernel `(k_h, k_w, c_in/g, c_out)`): output
+      block $i$ of $c_{out}/g$ channels reads only input block $i$, so the
+      operator is block diagonal up to channel permutations and its norm is
+      the largest norm of the $g$ group convolutions.
+    - **Depthwise** (kernel `(k_h, k_w, c_in, m)`, Keras's
+      `DepthwiseConv2D`): input channel $c$ alone gives outputs
+      $c\\,m, \\dots, c\\,m + m - 1$: the largest of the $c_{in}$
+      single-channel convolutions.
+    - **Transpose**: a transposed conv (Keras's `Conv2DTranspose`, kernel
+      `(k_h, k_w, c_out, c_in)`) is the adjoint of the conv by the same
+      array read as `(k_h, k_w, c_in', c_out')` = `(.., c_out, c_in)`
+      acting on the transposed layer's *output* size, and an operator and
+      its adjoint have the same norm. Border conventions (padding,
+      `output_padding`) only crop or zero-extend the full convolution, so
+      the size-robust bounds are used: `conv_fft_upper_bound` on a grid
+      holding the output and `conv_reshaped_upper_bound`.
+
+    Otherwise `conv_spectral_norm_upper_bound` (exact on small inputs).
+
+    Args:
+        kernel: array, the layer's kernel in Keras's layout.
+        input_size: `(h, w)`: the input size of a conv, the *output* size
+            of a transposed conv.
+        strides: `(s_h, s_w)`.
+        padding: `"same"` or `"valid"`.
+        dilation: `(d_h, d_w)`.
+        groups: int >= 1 dividing the channels.
+        depthwise: whether `kernel` is a depthwise kernel.
+        transpose: whether the layer is a transposed conv.
+
+    Returns:
+        A Python float.
+    """
+    norms = []
+    for part in conv_kernel_parts(
+        dilate_kernel(kernel, dilation), groups, depthwise
+    ):
+        if transpose:
+            norms.append(min(
+                conv_fft_upper_bound(part, input_size, strides),
+                conv_reshaped_upper_bound(part),
+            ))
+        else:
+            norms.append(conv_spectral_norm_upper_bound(
+                part, input_size, strides, padding
+            ))
+    return float(max(norms))

@@ -41,7 +41,9 @@ _ONE_LIPSCHITZ = (
 
 SUPPORTED_LAYERS = (
     "the layers of keras_lipschitz.layers (anything with "
-    "`lipschitz_upper_bound()`), Dense, Conv2D, Activation/ReLU/LeakyReLU/"
+    "`lipschitz_upper_bound()`), Dense, Conv1D, Conv2D (any stride, "
+    "padding, dilation, groups), Conv1DTranspose, Conv2DTranspose, "
+    "DepthwiseConv2D, SeparableConv2D, Activation/ReLU/LeakyReLU/"
     "ELU with a known constant, MaxPooling2D, AveragePooling2D, "
     "GlobalAveragePooling2D, GlobalMaxPooling2D, BatchNormalization, "
     "Rescaling, Normalization, Flatten, Reshape, Permute, Dropout, "
@@ -79,6 +81,81 @@ def _pool_window_bound(layer, average):
     return math.sqrt(overlap)
 
 
+# Plain Keras convolutions bounded by `_conv_bound` (SeparableConv2D as the
+# product of its depthwise and pointwise parts).
+_PLAIN_CONVS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+)
+
+
+def _conv_bound(layer, input_shape):
+    """Guaranteed norm of a plain Keras 1-D/2-D convolution (any padding,
+    stride, dilation, groups, depthwise, separable or transposed), on its
+    real input size when `input_shape` gives it, else a size-free bound.
+
+    1-D layers are 2-D ones of height 1 ("causal" padding included, see
+    `bounds.conv_spectral_norm_upper_bound`).
+    """
+    rank = 1 if isinstance(
+        layer, (keras.layers.Conv1D, keras.layers.Conv1DTranspose)
+    ) else 2
+    transpose = isinstance(
+        layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose)
+    )
+    separable = isinstance(layer, keras.layers.SeparableConv2D)
+    depthwise = separable or isinstance(layer, keras.layers.DepthwiseConv2D)
+    kernel = _common.to_float64(
+        layer.depthwise_kernel if separable else layer.kernel
+    )
+    strides = tuple(layer.strides)
+    dilation = tuple(layer.dilation_rate)
+    if getattr(layer, "lora_enabled", False):
+        raise _unsupported(layer, "LoRA is not supported")
+    spatial = None
+    if input_shape is not None:
+        axes = (
+            tuple(range(1, 1 + rank))
+            if layer.data_format == "channels_last"
+            else tuple(range(2, 2 + rank))
+        )
+        spatial = tuple(input_shape[a] for a in axes)
+        if transpose and None not in spatial:
+            # The transposed conv is the adjoint of a conv on its output.
+            out = layer.compute_output_shape(tuple(input_shape))
+            spatial = tuple(out[a] for a in axes)
+    padding = layer.padding
+    if rank == 1:
+        kernel = kernel[None]
+        strides, dilation = (1,) + strides, (1,) + dilation
+        if spatial is not None:
+            spatial = (1,) + spatial
+    groups = getattr(layer, "groups", 1)
+    if spatial is None or None in spatial:
+        # Size unknown: the size-free reshaped-kernel bound of each block.
+        norm = max(
+            bounds.conv_reshaped_upper_bound(part)
+            for part in bounds.conv_kernel_parts(
+                bounds.dilate_kernel(kernel, dilation), groups, depthwise
+            )
+        )
+    else:
+        norm = bounds.conv_layer_upper_bound(
+            kernel, spatial, strides, padding, dilation,
+            groups=groups, depthwise=depthwise, transpose=transpose,
+        )
+    if separable:
+        pointwise = _common.to_float64(layer.pointwise_kernel)
+        norm *= bounds.dense_spectral_norm(
+            pointwise.reshape(-1, pointwise.shape[-1])
+        )
+    return norm
+
+
 def layer_lipschitz_bound(layer, input_shape=None):
     """Guaranteed upper bound on one layer's ℓ2 Lipschitz constant.
 
@@ -105,23 +182,10 @@ def layer_lipschitz_bound(layer, input_shape=None):
         return bounds.dense_spectral_norm(
             _common.to_float64(layer.kernel)
         ) * _activation_constant(layer, layer.activation)
-    if isinstance(layer, keras.layers.Conv2D) and not isinstance(
-        layer, (keras.layers.Conv2DTranspose, keras.layers.DepthwiseConv2D)
-    ):
-        if tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1:
-            raise _unsupported(layer, "dilation and groups are not supported")
-        kernel = _common.to_float64(layer.kernel)
-        spatial = None
-        if input_shape is not None:
-            axes = (1, 2) if layer.data_format == "channels_last" else (2, 3)
-            spatial = tuple(input_shape[a] for a in axes)
-        if spatial is None or None in spatial:
-            norm = bounds.conv_reshaped_upper_bound(kernel)
-        else:
-            norm = bounds.conv_spectral_norm_upper_bound(
-                kernel, spatial, tuple(layer.strides), layer.padding
-            )
-        return norm * _activation_constant(layer, layer.activation)
+    if isinstance(layer, _PLAIN_CONVS):
+        return _conv_bound(layer, input_shape) * _activation_constant(
+            layer, layer.activation
+        )
     if isinstance(layer, keras.layers.Activation):
         return _activation_constant(layer, layer.activation)
     if isinstance(layer, keras.layers.ReLU):
