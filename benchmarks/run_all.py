@@ -23,6 +23,10 @@ own virtual environments (`benchmarks/setup_peers.sh` creates
 elsewhere). A peer whose environment is missing is reported as "not
 installed", with no number.
 
+Long runs (certified accuracy after minutes of training, with their
+commands and spreads) are recorded in `benchmarks/long_runs.md`, which is
+appended to the output verbatim.
+
 The markdown table goes to `--output` (default benchmarks/RESULTS.md) with
 the machine description: CPU model, cores, RAM, GPU (or none), the
 versions of Python, Keras, TensorFlow, JAX and torch, the date, and the
@@ -45,6 +49,8 @@ import time
 BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCHMARKS_DIR)
 PEERS_DIR = os.path.join(BENCHMARKS_DIR, "peers")
+# Recorded long runs, appended to RESULTS.md as they are.
+LONG_RUNS = os.path.join(BENCHMARKS_DIR, "long_runs.md")
 ROW_KEYS = (
     "benchmark",
     "backend",
@@ -392,6 +398,12 @@ def render(machine, runs, rows, args, load_before, load_after, elapsed):
                 f"| {_cell(row['notes'])} |"
             )
         lines += [""]
+    if os.path.isfile(LONG_RUNS):
+        # Runs of minutes to hours (certified accuracy at a budget) do not
+        # fit in one run_all pass: they are recorded, with their commands,
+        # in a separate file and copied here verbatim.
+        with open(LONG_RUNS, encoding="utf-8") as f:
+            lines += [f.read().rstrip(), ""]
     return "\n".join(lines)
 
 
