@@ -8,13 +8,18 @@ from keras_lipschitz import attacks
 from keras_lipschitz import bounds
 from keras_lipschitz import callbacks
 from keras_lipschitz import certification
+from keras_lipschitz import compat
+from keras_lipschitz import constraints
 from keras_lipschitz import curvature
+from keras_lipschitz import initializers
 from keras_lipschitz import layers
 from keras_lipschitz import liplt
 from keras_lipschitz import losses
 from keras_lipschitz import metrics
 from keras_lipschitz import models
 from keras_lipschitz import normalizers
+from keras_lipschitz import regularizers
+from keras_lipschitz import utils
 from keras_lipschitz.certification import certified_accuracy
 from keras_lipschitz.certification import certify
 from keras_lipschitz.certification import lipschitz_bound
@@ -30,8 +35,11 @@ __all__ = [
     "certification",
     "certified_accuracy",
     "certify",
+    "compat",
+    "constraints",
     "curvature",
     "empirical_lipschitz",
+    "initializers",
     "lipschitz_bound",
     "layers",
     "liplt",
@@ -39,5 +47,7 @@ __all__ = [
     "metrics",
     "models",
     "normalizers",
+    "regularizers",
+    "utils",
     "vanilla_export",
 ]

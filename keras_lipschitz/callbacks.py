@@ -306,3 +306,203 @@ class PNormScheduler(keras.callbacks.Callback):
             "p_end": self.p_end,
             "verbose": self.verbose,
         }
+
+
+_MONITOR_TARGETS = ("kernel", "effective", "operator")
+
+
+@keras_lipschitz_export
+class MonitorCallback(keras.callbacks.Callback):
+    """Logs the singular values of chosen layers during `fit`.
+
+    At the end of every epoch (`on_epoch=True`) and/or batch
+    (`on_batch=True`), for each monitored layer, computes on the host in
+    float64:
+
+    - `target="kernel"`: the singular values of the raw trainable kernel,
+      reshaped to `(-1, units)` (deel-lip's `target="kernel"`: how far the
+      unconstrained weights drift);
+    - `target="effective"`: the same for the constrained kernel the layer
+      uses in inference mode (`effective_kernel()`; deel-lip's `"wbar"`);
+    - `target="operator"`: `(min, max)` singular values of the layer's
+      operator from `keras_lipschitz.utils.compute_layer_sv` (exact for
+      dense layers and small convolutions).
+
+    With `what="max"` the largest value is added to the epoch's (or
+    batch's) `logs` as `"{layer}_{target}_sigma_max"`, so `History`,
+    `TensorBoard` and `CSVLogger` record it. With `what="all"` the values
+    are kept in `history` only. Every record is appended to `history`
+    (`{layer name: [(step, values), ...]}`) and, with `logdir`, as a JSON
+    line to `logdir/singular_values.jsonl`. On JAX the trainer's state is
+    synced to the model first (`jax_state_sync`), so the values are
+    current.
+
+    Args:
+        monitored_layers: list of layer names (default: every layer with a
+            kernel).
+        target: `"kernel"`, `"effective"` or `"operator"`.
+        what: `"max"` or `"all"`.
+        on_epoch: bool.
+        on_batch: bool.
+        logdir: optional directory for the JSON lines.
+    """
+
+    def __init__(
+        self,
+        monitored_layers=None,
+        target="effective",
+        what="max",
+        on_epoch=True,
+        on_batch=False,
+        logdir=None,
+    ):
+        super().__init__()
+        self.monitored_layers = (
+            None if monitored_layers is None else list(monitored_layers)
+        )
+        self.target = _validation.validate_choice(
+            "target", target, set(_MONITOR_TARGETS)
+        )
+        self.what = _validation.validate_choice("what", what, {"max", "all"})
+        self.on_epoch = bool(on_epoch)
+        self.on_batch = bool(on_batch)
+        self.logdir = logdir
+        self.history = {}
+        self._epoch = 0
+
+    def _layers(self):
+        if self.monitored_layers is None:
+            return [
+                layer
+                for layer in self.model._flatten_layers(include_self=False)
+                if hasattr(layer, "kernel") and layer.built
+            ]
+        return [self.model.get_layer(name) for name in self.monitored_layers]
+
+    def _values(self, layer):
+        import numpy as np
+
+        if self.target == "operator":
+            from keras_lipschitz.utils import compute_layer_sv
+
+            return [v for v in compute_layer_sv(layer) if v is not None]
+        if self.target == "effective":
+            if not hasattr(layer, "effective_kernel"):
+                raise ValueError(
+                    f"MonitorCallback: layer {layer.name!r} has no "
+                    "`effective_kernel()`; use target='kernel'."
+                )
+            kernel = np.asarray(layer.effective_kernel(), np.float64)
+        else:
+            kernel = np.asarray(
+                keras.ops.convert_to_numpy(layer.kernel), np.float64
+            )
+        matrix = kernel.reshape(-1, kernel.shape[-1])
+        values = np.linalg.svd(matrix, compute_uv=False)
+        return [float(v) for v in values]
+
+    def _monitor(self, step, logs):
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        records = {}
+        for layer in self._layers():
+            values = self._values(layer)
+            self.history.setdefault(layer.name, []).append((step, values))
+            records[layer.name] = values
+            if self.what == "max" and logs is not None and values:
+                logs[f"{layer.name}_{self.target}_sigma_max"] = max(values)
+        if self.logdir is not None:
+            import json
+            import os
+
+            os.makedirs(self.logdir, exist_ok=True)
+            path = os.path.join(self.logdir, "singular_values.jsonl")
+            with open(path, "a") as file:
+                file.write(
+                    json.dumps(
+                        {"step": step, "target": self.target, "values": records}
+                    )
+                    + "\n"
+                )
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.on_batch:
+            steps = (self.params or {}).get("steps") or 0
+            self._monitor(self._epoch * steps + batch, logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.on_epoch:
+            self._monitor(epoch, logs)
+
+    def get_config(self):
+        return {
+            "monitored_layers": self.monitored_layers,
+            "target": self.target,
+            "what": self.what,
+            "on_epoch": self.on_epoch,
+            "on_batch": self.on_batch,
+            "logdir": self.logdir,
+        }
+
+
+@keras_lipschitz_export
+class LossParamLog(keras.callbacks.Callback):
+    """Logs a loss hyper-parameter every `rate` epochs.
+
+    Adds `"{loss name}_{param}"` to the epoch's `logs` (so `History`
+    records it) and, with `verbose=1`, prints it (deel-lip's `LossParamLog`
+    prints). A `keras.Variable` (e.g. `MulticlassSoftHKR.running_mean`) is
+    read after syncing the JAX state.
+
+    Args:
+        param: name of the loss attribute.
+        rate: int >= 1, log every `rate` epochs (epochs 0, rate, 2 rate...).
+        loss: the loss; by default the model's compiled loss.
+        verbose: int.
+    """
+
+    def __init__(self, param, rate=1, loss=None, verbose=1):
+        super().__init__()
+        if not isinstance(param, str) or not param:
+            raise ValueError(
+                "`param` must be the name of a loss attribute. "
+                f"Received: param={param!r}"
+            )
+        self.param = param
+        self.rate = _validation.validate_positive_int("rate", rate)
+        self.loss = loss
+        self.verbose = verbose
+        self.values = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch % self.rate:
+            return
+        loss = self.loss if self.loss is not None else self.model.loss
+        if not hasattr(loss, self.param):
+            raise ValueError(
+                f"LossParamLog: the loss {loss!r} has no attribute "
+                f"{self.param!r}."
+            )
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        value = getattr(loss, self.param)
+        if not isinstance(value, numbers.Real):
+            value = float(keras.ops.convert_to_numpy(value))
+        self.values.append((epoch, float(value)))
+        name = getattr(loss, "name", "loss")
+        if logs is not None:
+            logs[f"{name}_{self.param}"] = float(value)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: {name} {self.param} = {value}")
+
+    def get_config(self):
+        return {
+            "param": self.param,
+            "rate": self.rate,
+            "verbose": self.verbose,
+        }

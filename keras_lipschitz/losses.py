@@ -6,14 +6,17 @@ and delegates to a public function of the same name in snake_case (`HKR` →
 
 **Labels.**
 
-- Binary losses (`KR`, `HingeMargin`, `HKR`) take a score `y_pred` of shape
+- Binary losses (`KR`, `HingeMargin`, `HKR`, `TauBinaryCrossentropy`) take
+  a score `y_pred` of shape
   `(B,)` or `(B, 1)` and labels of shape `(B,)` or `(B, 1)` with values in
   $\\{0, 1\\}$ or $\\{-1, +1\\}$: the positive class is $y > 0$ and
   $\\operatorname{sign}(y) = +1$ if $y > 0$ else $-1$. A `(B, C)` score with
   `(B, C)` labels is read as $C$ independent binary problems (multi-label),
   averaged over the columns, as in deel-lip.
 - Multiclass losses (`MulticlassKR`, `MulticlassHinge`, `MulticlassHKR`,
-  `TauCategoricalCrossentropy`, `CLL`, `EMMA`) take logits of shape
+  `MulticlassSoftHKR`, `MultiMargin`, `CategoricalHinge`,
+  `TauCategoricalCrossentropy`, `TauSparseCategoricalCrossentropy`, `CLL`,
+  `EMMA`) take logits of shape
   `(B, C)` and one-hot labels `(B, C)` or integer class indices `(B,)` or
   `(B, 1)`. One-hot labels may also be in $\\{-1, +1\\}$ (deel-lip's
   convention: $+1$ for the true class, $-1$ elsewhere); they are read as
@@ -571,6 +574,112 @@ def tau_categorical_crossentropy(y_true, y_pred, tau):
     )
 
 
+def tau_binary_crossentropy(y_true, y_pred, tau):
+    """Per-sample binary cross-entropy at temperature $1/\\tau$, rescaled.
+
+    $$\\ell = \\frac{1}{\\tau}\\log\\big(1 + e^{-\\tau\\,
+    \\operatorname{sign}(y)\\,f}\\big),$$
+
+    the logistic loss of the score $\\tau f$ divided by $\\tau$ (deel-lip's
+    `TauBinaryCrossentropy`), averaged over the columns of a `(B, C)`
+    input. As $\\tau \\to \\infty$ it tends to the zero-margin hinge
+    $(-\\operatorname{sign}(y)f)_+$. `y_pred` is a score (logit), not a
+    probability; certify on $f$, not on $\\tau f$.
+
+    Args:
+        y_true: binary labels in {0, 1} or {-1, +1}, `(B,)`, `(B, 1)` or the
+            shape of `y_pred`.
+        y_pred: scores.
+        tau: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> f = np.array([0.0, 1.0], "float32")
+    >>> loss = tau_binary_crossentropy(np.array([1, 0]), f, tau=1.0)
+    >>> np.round(keras.ops.convert_to_numpy(loss).astype(float), 4).tolist()
+    [0.6931, 1.3133]
+    """
+    tau = _validate_positive("tau", tau)
+    y_true, y_pred = binary_labels(y_true, y_pred)
+    positive = ops.cast(y_true > 0, y_pred.dtype)
+    loss = ops.binary_crossentropy(positive, tau * y_pred, from_logits=True)
+    return ops.mean(loss, axis=-1) / tau
+
+
+def _true_logit(one_hot, y_pred):
+    return ops.sum(one_hot * y_pred, axis=-1, keepdims=True)
+
+
+def multi_margin(y_true, y_pred, min_margin=1.0):
+    """Per-sample multiclass margin loss (PyTorch's `multi_margin_loss`).
+
+    $$\\ell = \\frac{1}{C}\\sum_{j \\ne y}\\big(m - (f_y - f_j)\\big)_+,$$
+
+    with $m$ = `min_margin`: every wrong class must be at least $m$ below
+    the true one (deel-lip's `MultiMargin`, $p = 1$). The sum over the
+    $C - 1$ wrong classes is divided by $C$, as in PyTorch and deel-lip.
+
+    Args:
+        y_true: one-hot `(B, C)` in {0, 1} or {-1, +1}, or class indices
+            `(B,)` / `(B, 1)`.
+        y_pred: logits `(B, C)`.
+        min_margin: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[0.8, 2.0, -2.0]], "float32")
+    >>> # ((0.7 - 0.8 + 2.0)_+ + (0.7 - 0.8 - 2.0)_+) / 3
+    >>> round(float(multi_margin(np.array([0]), z, 0.7)[0]), 4)
+    0.6333
+    """
+    min_margin = _validate_positive("min_margin", min_margin)
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    margins = ops.relu(min_margin - _true_logit(one_hot, y_pred) + y_pred)
+    return ops.mean((1.0 - one_hot) * margins, axis=-1)
+
+
+def categorical_hinge(y_true, y_pred, min_margin=1.0):
+    """Per-sample hinge on the top-2 margin, with a settable margin.
+
+    $$\\ell = \\big(m - (f_y - \\max_{j\\ne y} f_j)\\big)_+,$$
+
+    zero once the true logit leads every other by $m$ = `min_margin`
+    (deel-lip's `CategoricalHinge`; Keras's has $m = 1$ and takes
+    probabilities). With an $L$-Lipschitz logit map ($\\ell_2$) a zero loss
+    certifies the radius $m/(\\sqrt2 L)$.
+
+    Args:
+        y_true: one-hot `(B, C)` in {0, 1} or {-1, +1}, or class indices
+            `(B,)` / `(B, 1)`.
+        y_pred: logits `(B, C)`, at least 2 classes.
+        min_margin: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[1.0, -1.2, 0.3]], "float32")
+    >>> # 1.1 - (1.0 - 0.3)
+    >>> round(float(categorical_hinge(np.array([0]), z, 1.1)[0]), 4)
+    0.4
+    """
+    min_margin = _validate_positive("min_margin", min_margin)
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    z_true = ops.sum(one_hot * y_pred, axis=-1)
+    z_other = ops.amax(ops.where(one_hot > 0, float("-inf"), y_pred), axis=-1)
+    return ops.relu(min_margin - (z_true - z_other))
+
+
 def pairwise_row_distances(kernel):
     """Distances $\\|w_i - w_j\\|_2$ between the outputs' weight vectors.
 
@@ -996,6 +1105,397 @@ class TauCategoricalCrossentropy(_LipschitzLoss):
 
     def call(self, y_true, y_pred):
         return tau_categorical_crossentropy(y_true, y_pred, tau=self.tau)
+
+
+@keras_lipschitz_export
+class TauSparseCategoricalCrossentropy(TauCategoricalCrossentropy):
+    """`TauCategoricalCrossentropy` under deel-lip's sparse-label name.
+
+    $$\\ell = \\mathrm{CE}(\\operatorname{softmax}(\\tau z), y) / \\tau$$
+
+    with integer class indices `(B,)` or `(B, 1)` (one-hot labels are
+    accepted too: the maths is `tau_categorical_crossentropy`).
+
+    Args:
+        tau: float > 0, the inverse temperature.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = TauSparseCategoricalCrossentropy(tau=2.0)
+    >>> round(float(loss(np.array([0]), np.zeros((1, 2), "float32"))), 4)
+    0.3466
+    """
+
+    def __init__(
+        self,
+        tau,
+        reduction="sum_over_batch_size",
+        name="tau_sparse_categorical_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(tau, reduction=reduction, name=name, dtype=dtype)
+
+
+@keras_lipschitz_export
+class TauBinaryCrossentropy(_LipschitzLoss):
+    """Binary cross-entropy of $\\tau f$, divided by $\\tau$ (deel-lip).
+
+    $$\\ell = \\frac{1}{\\tau}\\log\\big(1 + e^{-\\tau\\operatorname{sign}(y)
+    f}\\big)$$
+
+    on scores (logits), with labels in {0, 1} or {-1, +1}. See
+    `tau_binary_crossentropy`.
+
+    Args:
+        tau: float > 0.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = TauBinaryCrossentropy(tau=1.0)
+    >>> round(float(loss(np.array([1]), np.zeros((1,), "float32"))), 4)
+    0.6931
+    """
+
+    _HYPERPARAMETERS = {"tau": _validate_positive}
+
+    def __init__(
+        self,
+        tau,
+        reduction="sum_over_batch_size",
+        name="tau_binary_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.tau = tau
+
+    def call(self, y_true, y_pred):
+        return tau_binary_crossentropy(y_true, y_pred, tau=self.tau)
+
+
+@keras_lipschitz_export
+class MultiMargin(_LipschitzLoss):
+    """Multiclass margin loss, $\\frac1C\\sum_{j\\ne y}(m - f_y + f_j)_+$.
+
+    PyTorch's `multi_margin_loss` ($p = 1$) and deel-lip's `MultiMargin`.
+    See `multi_margin`.
+
+    Args:
+        min_margin: float > 0, $m$.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[0.8, 2.0, -2.0]], "float32")
+    >>> round(float(MultiMargin(0.7)(np.array([0]), z)), 4)
+    0.6333
+    """
+
+    _HYPERPARAMETERS = {"min_margin": _validate_positive}
+
+    def __init__(
+        self,
+        min_margin=1.0,
+        reduction="sum_over_batch_size",
+        name="multi_margin",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.min_margin = min_margin
+
+    def call(self, y_true, y_pred):
+        return multi_margin(y_true, y_pred, min_margin=self.min_margin)
+
+
+@keras_lipschitz_export
+class CategoricalHinge(_LipschitzLoss):
+    """Hinge on the top-2 margin, $(m - f_y + \\max_{j\\ne y}f_j)_+$.
+
+    deel-lip's `CategoricalHinge` (a settable margin, on logits). See
+    `categorical_hinge`.
+
+    Args:
+        min_margin: float > 0, $m$.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.array([[1.0, -1.2, 0.3]], "float32")
+    >>> round(float(CategoricalHinge(1.1)(np.array([0]), z)), 4)
+    0.4
+    """
+
+    _HYPERPARAMETERS = {"min_margin": _validate_positive}
+
+    def __init__(
+        self,
+        min_margin=1.0,
+        reduction="sum_over_batch_size",
+        name="categorical_hinge",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.min_margin = min_margin
+
+    def call(self, y_true, y_pred):
+        return categorical_hinge(y_true, y_pred, min_margin=self.min_margin)
+
+
+def _validate_positive_or_inf(name, value):
+    if value == float("inf") and _is_real(value):
+        return float(value)
+    return _validate_positive(name, value)
+
+
+def multiclass_soft_hkr(
+    y_true, y_pred, temperature, alpha=10.0, min_margin=1.0
+):
+    """Per-sample softmax-weighted multiclass HKR (deel-lip 1.5).
+
+    With $s_j = \\pm 1$ the sign of the label of class $j$ (+1 for the
+    true class) and weights $F_y = 1$, $F_{j\\ne y} =
+    \\operatorname{softmax}_{j\\ne y}(T f_j)$ (the wrong classes, weighted
+    towards the most offending ones),
+
+    $$\\ell = \\frac{1}{\\alpha}\\sum_j F_j\\,(-s_jf_j) +
+    \\sum_j F_j\\,\\big(\\tfrac{m}{2} - s_jf_j\\big)_+ ,$$
+
+    i.e. a hinge with coefficient 1 and a KR term with coefficient
+    $1/\\alpha$. With `alpha = inf`, the mean over the classes of the
+    weighted hinges $F_j(\\tfrac m2 - s_jf_j)_+$ (deel-lip returns them per
+    class). The weights follow the logits (they are not gradient-stopped);
+    `temperature` $T$ is a constant. `MulticlassSoftHKR` sets $T$ from a
+    running mean of $|f|$.
+
+    Args:
+        y_true: one-hot `(B, C)` in {0, 1} or {-1, +1}, or class indices.
+        y_pred: logits `(B, C)`, at least 2 classes.
+        temperature: float or scalar tensor $T > 0$ (gradient-stopped).
+        alpha: float > 0 or `inf`.
+        min_margin: float > 0, $m$.
+
+    Returns:
+        Tensor of shape `(B,)`.
+    """
+    alpha = _validate_positive_or_inf("alpha", alpha)
+    min_margin = _validate_positive("min_margin", min_margin)
+    one_hot, y_pred = multiclass_labels(y_true, y_pred)
+    temperature = ops.stop_gradient(ops.cast(temperature, y_pred.dtype))
+    is_true = one_hot > 0
+    others = ops.where(is_true, float("-inf"), temperature * y_pred)
+    weights = ops.where(is_true, 1.0, ops.softmax(others, axis=-1))
+    signed = y_pred * (2.0 * one_hot - 1.0)
+    hinge = weights * ops.relu(min_margin / 2.0 - signed)
+    if alpha == float("inf"):
+        return ops.mean(hinge, axis=-1)
+    kr_term = ops.sum(weights * -signed, axis=-1)
+    return kr_term / alpha + ops.sum(hinge, axis=-1)
+
+
+class _RunningMean(keras.metrics.Metric):
+    """The running mean of `MulticlassSoftHKR`, held as a metric variable.
+
+    A metric so that, once assigned to a model attribute
+    (`MulticlassSoftHKR.attach`), its variable is part of the state every
+    trainer threads through the compiled step, JAX's included. It reports
+    the current mean and is never reset (the mean persists across epochs,
+    as in deel-lip).
+    """
+
+    def __init__(self, initial, name="soft_hkr_running_mean"):
+        super().__init__(name=name, dtype="float32")
+        self.initial = float(initial)
+        self.mean = self.add_variable(
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial),
+            name="mean",
+        )
+
+    def update_state(self, value):
+        self.mean.assign(value)
+
+    def result(self):
+        return ops.convert_to_tensor(self.mean)
+
+    def reset_state(self):
+        """Does nothing: the running mean is the loss's state, not a score."""
+
+
+def _update_dropped(variable):
+    """Whether an `assign` to `variable` here would be silently dropped.
+
+    True inside a Keras `StatelessScope` that maps the model's variables
+    (the JAX trainer computes the loss in one) but not `variable`: the
+    trainer would discard the update. Scopes that map nothing (shape
+    inference when `fit` builds the model) discard every update anyway.
+    """
+    try:
+        from keras.src.backend.common.stateless_scope import (
+            get_stateless_scope,
+        )
+    except ImportError:  # pragma: no cover - other Keras layouts
+        return False
+    scope = get_stateless_scope()
+    return (
+        scope is not None
+        and bool(getattr(scope, "state_mapping", None))
+        and scope.get_current_value(variable) is None
+    )
+
+
+@keras_lipschitz_export
+class MulticlassSoftHKR(_LipschitzLoss):
+    """Multiclass HKR with softmax-weighted wrong classes (deel-lip 1.5).
+
+    See `multiclass_soft_hkr` for the per-sample loss. The temperature
+    follows the scale of the logits, as in deel-lip: at every call,
+
+    $$\\mu \\leftarrow \\beta\\mu + (1 - \\beta)\\operatorname{mean}|f|,
+    \\qquad T = \\operatorname{clip}\\Big(\\frac{t\\,m}
+    {\\operatorname{clip}(\\mu, m, 20000)},\\ 0.005,\\ 250\\Big),$$
+
+    with $\\beta$ = `alpha_mean`, $t$ = `temperature`, $m$ = `min_margin`
+    and $\\mu$ starting at $m$. $\\mu$ is updated before $T$ is computed,
+    so two calls on the same batch give different values (deel-lip's tests
+    fix both).
+
+    **State.** $\\mu$ is a float32 variable (`running_mean`). TensorFlow
+    and PyTorch update it inside `fit`. The JAX trainer only threads the
+    model's variables through its compiled step: call
+    `loss.attach(model)` (or build the loss with `for_model`) before
+    `fit`, which makes $\\mu$ a metric of the model (logged as
+    `soft_hkr_running_mean`, never reset). Without it, the loss raises
+    inside the JAX trainer rather than silently freezing $\\mu$. $\\mu$ is
+    not saved with the model (nor in deel-lip).
+
+    Args:
+        alpha: float > 0 or `inf`; the KR term is weighted $1/\\alpha$.
+        min_margin: float > 0, $m$ (twice the margin of each output, as in
+            `MulticlassHKR`).
+        alpha_mean: float in [0, 1), $\\beta$.
+        temperature: float > 0, $t$.
+        reduction: Keras loss reduction.
+        name: loss name.
+        dtype: dtype of the loss computations.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = MulticlassSoftHKR(alpha=5.0, min_margin=0.2)
+    >>> z = np.array([[2.0, 0.2, -0.5], [-1.0, -1.2, 0.3]], "float32")
+    >>> first = float(loss(np.array([0, 0]), z))
+    >>> second = float(loss(np.array([0, 0]), z))  # the mean moved
+    >>> first != second
+    True
+    """
+
+    _HYPERPARAMETERS = {
+        "alpha": _validate_positive_or_inf,
+        "min_margin": _validate_positive,
+        "temperature": _validate_positive,
+    }
+
+    def __init__(
+        self,
+        alpha=10.0,
+        min_margin=1.0,
+        alpha_mean=0.99,
+        temperature=1.0,
+        reduction="sum_over_batch_size",
+        name="multiclass_soft_hkr",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = alpha
+        self.min_margin = min_margin
+        self.temperature = temperature
+        if (
+            not _is_real(alpha_mean)
+            or alpha_mean != alpha_mean
+            or not 0.0 <= alpha_mean < 1.0
+        ):
+            raise ValueError(
+                "`alpha_mean` must be a number in [0, 1). "
+                f"Received: alpha_mean={alpha_mean!r}"
+            )
+        self.alpha_mean = float(alpha_mean)
+        self._state = _RunningMean(self.min_margin)
+        self._attached = False
+
+    @property
+    def running_mean(self):
+        """The variable holding $\\mu$."""
+        return self._state.mean
+
+    def attach(self, model):
+        """Makes $\\mu$ part of `model`'s state (needed by JAX `fit`).
+
+        Args:
+            model: the `keras.Model` trained with this loss.
+
+        Returns:
+            The loss itself.
+        """
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                f"`model` must be a keras.Model. Received: {model!r}"
+            )
+        # A metric attribute is tracked by the model: its variable is then
+        # in `model.metrics_variables`, which every trainer updates.
+        model._keras_lipschitz_soft_hkr_state = self._state
+        self._attached = True
+        return self
+
+    @classmethod
+    def for_model(cls, model, **kwargs):
+        """A new loss attached to `model` (see `attach`)."""
+        return cls(**kwargs).attach(model)
+
+    def _temperature(self, y_pred):
+        variable = self.running_mean
+        if _update_dropped(variable):
+            raise ValueError(
+                "MulticlassSoftHKR updates a running mean of |logits| at "
+                "every call, and this trainer (JAX) would discard the "
+                "update. Call `loss.attach(model)` (or build the loss with "
+                "`MulticlassSoftHKR.for_model(model, ...)`) before compiling."
+            )
+        batch_mean = ops.mean(ops.abs(ops.cast(y_pred, "float32")))
+        mean = self.alpha_mean * ops.convert_to_tensor(variable) + (
+            1.0 - self.alpha_mean
+        ) * ops.stop_gradient(batch_mean)
+        variable.assign(mean)
+        scale = ops.clip(mean, self.min_margin, 20000.0)
+        return ops.clip(
+            self.temperature * self.min_margin / scale, 0.005, 250.0
+        )
+
+    def call(self, y_true, y_pred):
+        return multiclass_soft_hkr(
+            y_true,
+            y_pred,
+            self._temperature(y_pred),
+            alpha=self.alpha,
+            min_margin=self.min_margin,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config["alpha_mean"] = self.alpha_mean
+        return config
 
 
 def _is_linear_activation(layer):

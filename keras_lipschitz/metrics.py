@@ -13,6 +13,13 @@ perturbation of norm $\\le \\varepsilon$:
   normalized separately). Certified radius $M / (2L)$; certified at
   $\\varepsilon$ iff $M > 2L\\varepsilon$.
 
+Binary classifiers $\\operatorname{sign}(f)$ with a single $L$-Lipschitz
+score have margin $M = s\\,f(x)$ ($s = \\pm1$ the label sign) and radius
+$M/L$ (`binary_certified_radius`, `BinaryCertifiedAccuracy`,
+`BinaryMeanCertifiedRadius`). With `negative_robustness=True` the radius
+metrics return the signed radius, negative for misclassified samples
+(deel-lip's option), instead of 0.
+
 The comparison is **strict**: a margin equal to the threshold (in
 particular a tie between the top logits) is not certified. A sample whose
 logits contain a NaN is never certified (radius 0). Labels are one-hot
@@ -33,6 +40,7 @@ from keras import ops
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers import _validation
 from keras_lipschitz.losses import _validate_nonnegative
+from keras_lipschitz.losses import binary_labels
 from keras_lipschitz.losses import multiclass_labels
 
 NORMS = {"l2": math.sqrt(2.0), "linf": 2.0}
@@ -58,20 +66,27 @@ def _margin(y_true, y_pred):
     return z_true - z_other, not_nan
 
 
-def certified_radius(y_true, y_pred, norm="l2", lipschitz=1.0):
+def certified_radius(
+    y_true, y_pred, norm="l2", lipschitz=1.0, negative_robustness=False
+):
     """Per-sample certified radius, 0 for misclassified samples.
 
     $$r = \\frac{M}{\\sqrt{2}\\,L}\\;(\\ell_2),\\qquad
     r = \\frac{M}{2L}\\;(\\ell_\\infty),\\qquad
     M = z_y - \\max_{j\\ne y} z_j,$$
 
-    and $r = 0$ when $M \\le 0$ or a logit is NaN.
+    and $r = 0$ when $M \\le 0$ or a logit is NaN. With
+    `negative_robustness=True` the radius is signed: $M \\le 0$ gives
+    $r \\le 0$, minus the distance the prediction would have to move to
+    become correct at this rate (deel-lip's `negative_robustness`); NaN
+    logits still give 0.
 
     Args:
         y_true: one-hot `(B, C)` or class indices `(B,)` / `(B, 1)`.
         y_pred: logits `(B, C)`.
         norm: `"l2"` or `"linf"` (see the module docstring).
         lipschitz: float > 0, $L$.
+        negative_robustness: bool, return the signed radius.
 
     Returns:
         Tensor of shape `(B,)`.
@@ -83,12 +98,18 @@ def certified_radius(y_true, y_pred, norm="l2", lipschitz=1.0):
     >>> radius = certified_radius([0, 0], z, norm="linf")
     >>> keras.ops.convert_to_numpy(radius).astype(float).round(4).tolist()
     [1.0, 0.0]
+    >>> signed = certified_radius([0, 0], z, norm="linf",
+    ...                           negative_robustness=True)
+    >>> keras.ops.convert_to_numpy(signed).astype(float).round(4).tolist()
+    [1.0, -0.5]
     """
     norm = _validate_norm(norm)
     lipschitz = _validation.validate_positive_number("lipschitz", lipschitz)
     margin, valid = _margin(y_true, y_pred)
-    certified = ops.logical_and(valid, margin > 0)
     scale = NORMS[norm] * lipschitz
+    if negative_robustness:
+        return ops.where(valid, margin / scale, 0.0)
+    certified = ops.logical_and(valid, margin > 0)
     return ops.where(certified, margin / scale, 0.0)
 
 
@@ -197,11 +218,13 @@ class MeanCertifiedRadius(keras.metrics.MeanMetricWrapper):
 
     The mean of `certified_radius`: $M/(\\sqrt{2}L)$ (`norm="l2"`) or
     $M/(2L)$ (`norm="linf"`) for correct samples, 0 otherwise (and for NaN
-    logits).
+    logits). With `negative_robustness=True`, misclassified samples count
+    with their (negative) signed radius instead of 0.
 
     Args:
         norm: `"l2"` or `"linf"`.
         lipschitz: float > 0, $L$.
+        negative_robustness: bool, average the signed radius.
         name: metric name.
         dtype: metric dtype.
 
@@ -218,20 +241,24 @@ class MeanCertifiedRadius(keras.metrics.MeanMetricWrapper):
         self,
         norm="l2",
         lipschitz=1.0,
+        negative_robustness=False,
         name="mean_certified_radius",
         dtype=None,
     ):
         norm = _validate_norm(norm)
         lipschitz = _validation.validate_positive_number("lipschitz", lipschitz)
+        negative_robustness = bool(negative_robustness)
         super().__init__(
             certified_radius,
             name=name,
             dtype=dtype,
             norm=norm,
             lipschitz=lipschitz,
+            negative_robustness=negative_robustness,
         )
         self.norm = norm
         self.lipschitz = lipschitz
+        self.negative_robustness = negative_robustness
         self._direction = "up"
 
     def get_config(self):
@@ -240,4 +267,197 @@ class MeanCertifiedRadius(keras.metrics.MeanMetricWrapper):
             "dtype": self.dtype,
             "norm": self.norm,
             "lipschitz": self.lipschitz,
+            "negative_robustness": self.negative_robustness,
+        }
+
+
+# --------------------------------------------------------------------------
+# Binary classifiers: one score f, class sign(f).
+# --------------------------------------------------------------------------
+
+
+def _binary_margin(y_true, y_pred):
+    """`(sign(y) f, valid)` per sample and column, shape `(B, C)`."""
+    y_true, y_pred = binary_labels(y_true, y_pred)
+    sign = ops.cast(ops.where(y_true > 0, 1.0, -1.0), y_pred.dtype)
+    return sign * y_pred, ops.logical_not(ops.isnan(y_pred))
+
+
+def binary_certified_radius(
+    y_true, y_pred, lipschitz=1.0, negative_robustness=False
+):
+    """Per-sample certified radius of a binary classifier.
+
+    With a score $f$ that is $L$-Lipschitz ($\\ell_2$) and label sign
+    $s = \\pm1$, the prediction cannot change within
+
+    $$r = \\frac{s\\,f(x)}{L}$$
+
+    when $sf > 0$; otherwise $r = 0$, or the signed value with
+    `negative_robustness=True` (deel-lip's `BinaryProvableAvgRobustness`).
+    NaN scores give 0. Columns of a `(B, C)` multi-label score are averaged.
+
+    Args:
+        y_true: labels in {0, 1} or {-1, +1}, `(B,)`, `(B, 1)` or the shape
+            of `y_pred`.
+        y_pred: scores `(B,)`, `(B, 1)` or `(B, C)`.
+        lipschitz: float > 0, $L$.
+        negative_robustness: bool.
+
+    Returns:
+        Tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> f = np.array([1.0, 0.5], "float32")
+    >>> r = binary_certified_radius(np.array([1, 1]), f, lipschitz=2.0)
+    >>> keras.ops.convert_to_numpy(r).tolist()
+    [0.5, 0.25]
+    """
+    lipschitz = _validation.validate_positive_number("lipschitz", lipschitz)
+    margin, valid = _binary_margin(y_true, y_pred)
+    if negative_robustness:
+        radius = ops.where(valid, margin / lipschitz, 0.0)
+    else:
+        certified = ops.logical_and(valid, margin > 0)
+        radius = ops.where(certified, margin / lipschitz, 0.0)
+    return ops.mean(radius, axis=-1)
+
+
+def binary_certified_accuracy(y_true, y_pred, epsilon, lipschitz=1.0):
+    """Per-sample indicator of a binary prediction certified at ε.
+
+    $$\\mathbb{1}\\big[s\\,f(x) > L\\varepsilon\\big],$$
+
+    strict (a score exactly at the threshold is not certified), averaged
+    over the columns of a multi-label score; NaN scores are never certified.
+
+    Args:
+        y_true: labels in {0, 1} or {-1, +1}.
+        y_pred: scores `(B,)`, `(B, 1)` or `(B, C)`.
+        epsilon: float >= 0.
+        lipschitz: float > 0, $L$.
+
+    Returns:
+        Float tensor of shape `(B,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> f = np.array([1.0, 0.1, -1.0], "float32")
+    >>> ok = binary_certified_accuracy(np.array([1, 1, 1]), f, 0.25)
+    >>> keras.ops.convert_to_numpy(ok).tolist()
+    [1.0, 0.0, 0.0]
+    """
+    epsilon = _validate_nonnegative("epsilon", epsilon)
+    lipschitz = _validation.validate_positive_number("lipschitz", lipschitz)
+    margin, valid = _binary_margin(y_true, y_pred)
+    certified = ops.logical_and(
+        valid, ops.logical_and(margin > 0, margin > lipschitz * epsilon)
+    )
+    return ops.mean(ops.cast(certified, margin.dtype), axis=-1)
+
+
+@keras_lipschitz_export
+class BinaryCertifiedAccuracy(keras.metrics.MeanMetricWrapper):
+    """Fraction of binary predictions correct and certified at `epsilon`.
+
+    The mean of `binary_certified_accuracy`: a sample counts when
+    $s\\,f(x) > L\\varepsilon$ for an $L$-Lipschitz score $f$ (deel-lip's
+    `BinaryProvableRobustAccuracy`).
+
+    Args:
+        epsilon: float >= 0, the radius.
+        lipschitz: float > 0, $L$.
+        name: metric name.
+        dtype: metric dtype.
+
+    Example:
+
+    >>> import numpy as np
+    >>> metric = BinaryCertifiedAccuracy(epsilon=0.25)
+    >>> metric.update_state(np.array([1, -1]), np.array([1.0, -0.1]))
+    >>> float(metric.result())
+    0.5
+    """
+
+    def __init__(
+        self,
+        epsilon,
+        lipschitz=1.0,
+        name="binary_certified_accuracy",
+        dtype=None,
+    ):
+        epsilon = _validate_nonnegative("epsilon", epsilon)
+        lipschitz = _validation.validate_positive_number("lipschitz", lipschitz)
+        super().__init__(
+            binary_certified_accuracy,
+            name=name,
+            dtype=dtype,
+            epsilon=epsilon,
+            lipschitz=lipschitz,
+        )
+        self.epsilon = epsilon
+        self.lipschitz = lipschitz
+        self._direction = "up"
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "epsilon": self.epsilon,
+            "lipschitz": self.lipschitz,
+        }
+
+
+@keras_lipschitz_export
+class BinaryMeanCertifiedRadius(keras.metrics.MeanMetricWrapper):
+    """Mean certified radius $s\\,f/L$ of a binary classifier.
+
+    The mean of `binary_certified_radius` (deel-lip's
+    `BinaryProvableAvgRobustness`): misclassified samples count 0, or their
+    negative signed radius with `negative_robustness=True`.
+
+    Args:
+        lipschitz: float > 0, $L$.
+        negative_robustness: bool.
+        name: metric name.
+        dtype: metric dtype.
+
+    Example:
+
+    >>> import numpy as np
+    >>> metric = BinaryMeanCertifiedRadius()
+    >>> metric.update_state(np.array([1, 1]), np.array([1.0, -0.5]))
+    >>> float(metric.result())
+    0.5
+    """
+
+    def __init__(
+        self,
+        lipschitz=1.0,
+        negative_robustness=False,
+        name="binary_mean_certified_radius",
+        dtype=None,
+    ):
+        lipschitz = _validation.validate_positive_number("lipschitz", lipschitz)
+        negative_robustness = bool(negative_robustness)
+        super().__init__(
+            binary_certified_radius,
+            name=name,
+            dtype=dtype,
+            lipschitz=lipschitz,
+            negative_robustness=negative_robustness,
+        )
+        self.lipschitz = lipschitz
+        self.negative_robustness = negative_robustness
+        self._direction = "up"
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "lipschitz": self.lipschitz,
+            "negative_robustness": self.negative_robustness,
         }

@@ -304,6 +304,130 @@ def rko_correction_factor(kernel_size, strides):
     return 1.0 / math.sqrt(nu)
 
 
+def spectral_normalize(kernel, u, iterations):
+    """Spectral normalization of a dense kernel by power iteration.
+
+    Miyato, Kataoka, Koyama, Yoshida, "Spectral Normalization for
+    Generative Adversarial Networks", ICLR 2018:
+    $\\bar W = W/\\hat\\sigma(W)$ with $\\hat\\sigma$ from
+    `power_iteration_dense` (`iterations` steps from `u`). $\\hat\\sigma$
+    is a *lower* bound of $\\sigma_{max}(W)$, tight once converged, so
+    $\\|\\bar W\\|_2 \\ge 1$ can hold by the remaining error; divide by
+    `gram_spectral_norm_upper_bound` where a guarantee is needed.
+
+    Args:
+        kernel: float tensor `(d_in, d_out)`.
+        u: float tensor `(1, d_out)`, the warm start.
+        iterations: Python int >= 0.
+
+    Returns:
+        `(normalized_kernel, u_new, sigma)`; `sigma` is differentiable in
+        `kernel`, `u_new` is gradient-stopped.
+
+    Example:
+
+    >>> import numpy as np
+    >>> w = np.diag([3.0, 1.0]).astype("float32")
+    >>> w_bar, _, sigma = spectral_normalize(w, np.ones((1, 2), "float32"), 50)
+    >>> round(float(sigma), 4)
+    3.0
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    u = ops.convert_to_tensor(u)
+    u, sigma = power_iteration_dense(kernel, u, iterations)
+    return kernel * ops.reciprocal(sigma), u, sigma
+
+
+def spectral_normalize_conv(
+    kernel,
+    u,
+    iterations,
+    strides=(1, 1),
+    padding="same",
+    data_format="channels_last",
+):
+    """Spectral normalization of a 2-D convolution by its operator norm.
+
+    $\\bar K = K/\\hat\\sigma(A_K)$ with $A_K$ the zero-padded, strided
+    convolution acting on inputs of `u`'s shape and $\\hat\\sigma$ from
+    `power_iteration_conv` (`ops.conv` and its exact adjoint
+    `ops.conv_transpose`). As in `spectral_normalize`, $\\hat\\sigma$ is a
+    lower bound of $\\|A_K\\|$; `keras_lipschitz.bounds` gives guaranteed
+    ones.
+
+    Args:
+        kernel: float tensor `(k_h, k_w, c_in, c_out)`.
+        u: float tensor of the input shape with batch size 1, e.g.
+            `(1, H, W, c_in)` for `channels_last`.
+        iterations: Python int >= 0.
+        strides: tuple of 2 ints.
+        padding: `"same"` or `"valid"`.
+        data_format: `"channels_last"` or `"channels_first"`.
+
+    Returns:
+        `(normalized_kernel, u_new, sigma)`.
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    u = ops.convert_to_tensor(u)
+    strides = tuple(int(s) for s in (
+        (strides, strides) if isinstance(strides, int) else strides
+    ))
+    spatial = (1, 2) if data_format == "channels_last" else (2, 3)
+    output_padding = conv_transpose_output_padding(
+        tuple(int(u.shape[a]) for a in spatial),
+        tuple(int(k) for k in kernel.shape[:2]),
+        strides,
+        padding,
+    )
+    u, sigma = power_iteration_conv(
+        kernel,
+        u,
+        iterations,
+        strides=strides,
+        padding=padding,
+        data_format=data_format,
+        output_padding=output_padding,
+    )
+    return kernel * ops.reciprocal(sigma), u, sigma
+
+
+def reshaped_kernel_orthogonalize(
+    kernel, u, power_iterations, bjorck_iterations, beta=0.5
+):
+    """Reshaped kernel orthogonalization (RKO): spectral norm, then Björck.
+
+    The kernel is reshaped to $R \\in \\mathbb{R}^{(\\prod_{i<n} d_i)
+    \\times d_n}$ (a dense kernel is unchanged), scaled by the power
+    iteration estimate of `spectral_normalize`, orthonormalized by
+    `bjorck_iterations` steps of `bjorck_orthonormalize`, and reshaped
+    back (Anil, Lucas, Grosse, ICML 2019; deel-lip's
+    `reshaped_kernel_orthogonalization`). No correction factor is applied:
+    for a convolution multiply by `rko_correction_factor` (the layers do).
+
+    Björck keeps every singular value of its input in $[0, 1]$ when they
+    start there, so with an estimate that is slightly low the result can
+    exceed 1 by that error; the layers divide by a guaranteed bound at
+    inference instead.
+
+    Args:
+        kernel: float tensor of rank >= 2, output units last.
+        u: float tensor `(1, d_out)`.
+        power_iterations: Python int >= 0.
+        bjorck_iterations: Python int >= 0 (0: spectral normalization only).
+        beta: float in (0, 0.5].
+
+    Returns:
+        `(orthonormalized_kernel, u_new, sigma)`.
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    shape = tuple(kernel.shape)
+    matrix = ops.reshape(kernel, (-1, shape[-1]))
+    matrix, u, sigma = spectral_normalize(matrix, u, power_iterations)
+    if bjorck_iterations:
+        matrix = bjorck_orthonormalize(matrix, bjorck_iterations, beta)
+    return ops.reshape(matrix, shape), u, sigma
+
+
 def lanczos_top_vector(apply_gram, u, steps):
     """Approximate top eigenvector of a PSD operator by Lanczos (no state).
 

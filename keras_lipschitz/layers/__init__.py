@@ -8,6 +8,8 @@ from keras_lipschitz.layers.activations import MaxMin
 from keras_lipschitz.layers.aol import AOLConv2D
 from keras_lipschitz.layers.aol import AOLDense
 from keras_lipschitz.layers.conv import BjorckConv2D
+from keras_lipschitz.layers.conv import FrobeniusConv2D
+from keras_lipschitz.layers.conv import PadConv2D
 from keras_lipschitz.layers.conv import SpectralConv2D
 from keras_lipschitz.layers.cpl import CPLConv2D
 from keras_lipschitz.layers.cpl import CPLDense
@@ -47,6 +49,7 @@ __all__ = [
     "CPLConv2D",
     "CPLDense",
     "CRCLipHead",
+    "FrobeniusConv2D",
     "FrobeniusDense",
     "FullSort",
     "GroupSort",
@@ -61,6 +64,7 @@ __all__ = [
     "LiResConv2D",
     "LogitScale",
     "MaxMin",
+    "PadConv2D",
     "ScaledAveragePooling2D",
     "ScaledGlobalAveragePooling2D",
     "ScaledGlobalL2NormPooling2D",

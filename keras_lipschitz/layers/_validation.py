@@ -101,8 +101,15 @@ def validate_activation(activation):
     """Returns `(activation_fn, lipschitz_constant)` for a supported activation.
 
     Only activations with a known Lipschitz constant are accepted, so that a
-    layer's reported bound covers its activation too.
+    layer's reported bound covers its activation too. Besides the Keras
+    activations of `ACTIVATION_LIPSCHITZ`, a shape-preserving layer of this
+    library (e.g. `GroupSort2()`, as deel-lip allows) is accepted: its
+    constant is its `lipschitz_upper_bound()`.
     """
+    if isinstance(activation, dict):
+        activation = keras.saving.deserialize_keras_object(activation)
+    if isinstance(activation, keras.layers.Layer):
+        return activation, _activation_layer_lipschitz(activation)
     fn = keras.activations.get(activation)
     name = getattr(fn, "__name__", None)
     if name not in ACTIVATION_LIPSCHITZ:
@@ -126,3 +133,21 @@ def validate_bjorck_beta(value):
             f"Received: bjorck_beta={value!r}"
         )
     return float(value)
+
+
+def _activation_layer_lipschitz(layer):
+    """The Lipschitz constant of a layer used as an activation."""
+    bound = getattr(layer, "lipschitz_upper_bound", None)
+    probe = (None, 12)
+    try:
+        same_shape = tuple(layer.compute_output_shape(probe)) == probe
+    except Exception:  # A layer that cannot say keeps its shape is refused.
+        same_shape = False
+    if bound is None or not same_shape:
+        raise ValueError(
+            "A layer used as `activation` must be a shape-preserving layer "
+            "of keras_lipschitz with `lipschitz_upper_bound()` (GroupSort, "
+            "GroupSort2, FullSort, Householder). Received: "
+            f"activation={layer!r}"
+        )
+    return float(bound())

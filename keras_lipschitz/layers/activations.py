@@ -31,7 +31,7 @@ from keras import ops
 
 from keras_lipschitz import _backend
 from keras_lipschitz.api_export import keras_lipschitz_export
-from keras_lipschitz.layers._base import OneLipschitzLayer
+from keras_lipschitz.layers._base import ScaledOneLipschitzLayer
 from keras_lipschitz.layers import _validation
 
 HALF_PI = math.pi / 2.0
@@ -47,11 +47,15 @@ def _validate_axis(axis):
     return int(axis)
 
 
-class _ChannelActivation(OneLipschitzLayer):
-    """Resolves the channel axis and checks the channel count at build."""
+class _ChannelActivation(ScaledOneLipschitzLayer):
+    """Resolves the channel axis and checks the channel count at build.
 
-    def __init__(self, axis=-1, **kwargs):
-        super().__init__(**kwargs)
+    Every activation takes `lipschitz` (deel-lip's `k_coef_lip`), a factor
+    on its output.
+    """
+
+    def __init__(self, axis=-1, lipschitz=1.0, **kwargs):
+        super().__init__(lipschitz=lipschitz, **kwargs)
         self.axis = _validate_axis(axis)
         self.supports_masking = True
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
@@ -146,6 +150,8 @@ class GroupSort(_ChannelActivation):
             the identity and is rejected.
         axis: int, the channel axis (default -1; pass 1 for
             `channels_first` images). The batch axis 0 is not allowed.
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`): the layer is then $L$-Lipschitz (default 1).
 
     Input shape:
         Any tensor of rank >= 2 whose channel dimension is known and
@@ -165,8 +171,8 @@ class GroupSort(_ChannelActivation):
     1.0
     """
 
-    def __init__(self, group_size=2, axis=-1, **kwargs):
-        super().__init__(axis=axis, **kwargs)
+    def __init__(self, group_size=2, axis=-1, lipschitz=1.0, **kwargs):
+        super().__init__(axis=axis, lipschitz=lipschitz, **kwargs)
         self.group_size = _validation.validate_positive_int(
             "group_size", group_size, minimum=2
         )
@@ -194,6 +200,9 @@ class GroupSort(_ChannelActivation):
             self._pair_spread = np.ascontiguousarray(-self._pair_difference.T)
 
     def call(self, inputs, training=None):
+        return self._scale(self._sort(inputs, training))
+
+    def _sort(self, inputs, training):
         if self.group_size == 2:
             kernels = _backend.fused_training_kernels(training, inputs)
             if (
@@ -260,6 +269,8 @@ class GroupSort2(GroupSort):
 
     Args:
         axis: int, the channel axis (default -1).
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`): the layer is then $L$-Lipschitz (default 1).
 
     Input shape:
         Any tensor of rank >= 2 with an even, known channel dimension.
@@ -275,8 +286,10 @@ class GroupSort2(GroupSort):
     [[1.0, 3.0, -2.0, 5.0]]
     """
 
-    def __init__(self, axis=-1, **kwargs):
-        super().__init__(group_size=2, axis=axis, **kwargs)
+    def __init__(self, axis=-1, lipschitz=1.0, **kwargs):
+        super().__init__(
+            group_size=2, axis=axis, lipschitz=lipschitz, **kwargs
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -298,6 +311,8 @@ class FullSort(GroupSort):
 
     Args:
         axis: int, the channel axis (default -1).
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`): the layer is then $L$-Lipschitz (default 1).
 
     Input shape:
         Any tensor of rank >= 2 with a known channel dimension.
@@ -313,9 +328,11 @@ class FullSort(GroupSort):
     [[-2.0, 1.0, 3.0, 5.0]]
     """
 
-    def __init__(self, axis=-1, **kwargs):
+    def __init__(self, axis=-1, lipschitz=1.0, **kwargs):
         # The group size becomes the channel count at build.
-        super().__init__(group_size=2, axis=axis, **kwargs)
+        super().__init__(
+            group_size=2, axis=axis, lipschitz=lipschitz, **kwargs
+        )
         self.group_size = None
 
     def _check_channels(self, channels):
@@ -427,6 +444,8 @@ class Householder(_ChannelActivation):
             constant $\\pi/2$, i.e. `GroupSort2`).
         pairing: `"adjacent"` (default) or `"halves"` (deel-lip and SOC),
             see above.
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`): the layer is then $L$-Lipschitz (default 1).
 
     Input shape:
         Any tensor of rank >= 2 with an even, known channel dimension $C$.
@@ -449,9 +468,14 @@ class Householder(_ChannelActivation):
     """
 
     def __init__(
-        self, axis=-1, theta_initializer=None, pairing="adjacent", **kwargs
+        self,
+        axis=-1,
+        theta_initializer=None,
+        pairing="adjacent",
+        lipschitz=1.0,
+        **kwargs,
     ):
-        super().__init__(axis=axis, **kwargs)
+        super().__init__(axis=axis, lipschitz=lipschitz, **kwargs)
         self.pairing = _validate_pairing(pairing)
         if theta_initializer is None:
             theta_initializer = keras.initializers.Constant(HALF_PI)
@@ -513,7 +537,7 @@ class Householder(_ChannelActivation):
         outputs = ops.concatenate([out_x, out_y], axis=pair_axis)
         if self.pairing == "adjacent":
             outputs = ops.reshape(outputs, shape)
-        return outputs
+        return self._scale(outputs)
 
     def get_config(self):
         config = super().get_config()
@@ -552,6 +576,8 @@ class MaxMin(_ChannelActivation):
         axis: int, the channel axis (default -1; pass 1 for
             `channels_first` images, deel-lip's
             `data_format="channels_first"`).
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`): the layer is then $L$-Lipschitz (default 1).
 
     Input shape:
         Any tensor of rank >= 2. The channel dimension may be unknown.
@@ -570,9 +596,11 @@ class MaxMin(_ChannelActivation):
     _needs_known_channels = False
 
     def call(self, inputs):
-        return ops.concatenate(
-            [ops.relu(inputs), ops.relu(ops.negative(inputs))],
-            axis=self._channel_axis,
+        return self._scale(
+            ops.concatenate(
+                [ops.relu(inputs), ops.relu(ops.negative(inputs))],
+                axis=self._channel_axis,
+            )
         )
 
     def compute_output_shape(self, input_shape):

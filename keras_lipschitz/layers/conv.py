@@ -23,6 +23,8 @@ the host in float64 from the inference-mode kernel
 (`keras_lipschitz.bounds.conv_spectral_norm_upper_bound`).
 """
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -679,4 +681,376 @@ class BjorckConv2D(_LipschitzConv2D):
                 "eval_gram_iterations": self.eval_gram_iterations,
             }
         )
+        return config
+
+
+@keras_lipschitz_export
+class FrobeniusConv2D(_LipschitzConv2D):
+    """2-D convolution normalized by the Frobenius norm of its kernel.
+
+    $$\\bar K = \\frac{L\\,c\\,K}{\\|K\\|_F},\\qquad
+      c = \\frac{1}{\\sqrt{\\lceil k_h/s_h\\rceil\\lceil k_w/s_w\\rceil}},$$
+
+    with $L$ = `lipschitz`. With $R$ the reshaped kernel,
+    $\\|\\mathrm{conv}_K\\| \\le \\sqrt\\nu\\,\\|R\\|_2 \\le
+    \\sqrt\\nu\\,\\|K\\|_F$ ($\\nu = 1/c^2$ the largest number of patches
+    containing one pixel, see `BjorckConv2D`), so the layer is
+    $L$-Lipschitz for any input size, padding and stride. No iteration and
+    no state: the normalization is exact. It is tight for a single output
+    channel whose reshaped kernel is rank 1 (deel-lip's intended use: the
+    last layer of a binary classifier); otherwise most of the norm budget
+    is lost, and `BjorckConv2D` or `SpectralConv2D` are better.
+
+    deel-lip's `FrobeniusConv2D` uses, at stride 1, the factor
+    $1/\\sqrt{\\text{average patches per pixel}}$ (larger than $c$, and not
+    a guarantee, see `BjorckConv2D`); weights ported from deel-lip give
+    slightly smaller, sound, outputs here.
+
+    Args:
+        filters: positive int.
+        kernel_size: int or tuple of 2 ints.
+        strides: int or tuple of 2 ints.
+        padding: `"same"` or `"valid"`.
+        data_format: `"channels_last"`, `"channels_first"` or None.
+        lipschitz: positive float.
+        **kwargs: the other `SpectralConv2D` arguments (activation, bias,
+            initializers, regularizers, constraints, layer kwargs).
+
+    Example:
+
+    >>> layer = FrobeniusConv2D(1, 3)
+    >>> _ = layer(np.ones((1, 6, 6, 2), "float32"))
+    >>> round(float(np.linalg.norm(layer.effective_kernel())), 4)  # 1/3
+    0.3333
+    >>> bool(layer.lipschitz_upper_bound() <= 1.0 + 1e-6)
+    True
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        data_format=None,
+        lipschitz=1.0,
+        **kwargs,
+    ):
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            lipschitz=lipschitz,
+            **kwargs,
+        )
+        self.correction_factor = normalizers.rko_correction_factor(
+            self.kernel_size, self.strides
+        )
+
+    def _constrain(self, kernel, training):
+        norm = ops.sqrt(ops.sum(ops.square(kernel)))
+        scale = self.correction_factor / ops.maximum(norm, normalizers.EPSILON)
+        return kernel * scale
+
+    def get_config(self):
+        config = super().get_config()
+        # No power iteration here.
+        config.pop("power_iterations", None)
+        return config
+
+
+_PAD_MODES = ("same", "valid", "constant", "reflect", "symmetric", "circular")
+
+
+def _pad_axis(x, axis, pad, mode):
+    """Pads one spatial axis by `pad` on both sides, by slicing (exact)."""
+    if pad == 0:
+        return x
+    size = x.shape[axis]
+
+    def take(start, stop):
+        index = [slice(None)] * len(x.shape)
+        index[axis] = slice(start, stop)
+        return x[tuple(index)]
+
+    if mode == "constant":
+        widths = [(0, 0)] * len(x.shape)
+        widths[axis] = (pad, pad)
+        return ops.pad(x, widths)
+    if mode == "circular":
+        before, after = take(size - pad, size), take(0, pad)
+    elif mode == "reflect":
+        before = ops.flip(take(1, pad + 1), axis=axis)
+        after = ops.flip(take(size - pad - 1, size - 1), axis=axis)
+    else:  # symmetric
+        before = ops.flip(take(0, pad), axis=axis)
+        after = ops.flip(take(size - pad, size), axis=axis)
+    return ops.concatenate([before, x, after], axis=axis)
+
+
+def _padding_matrix(size, pad, mode):
+    """The 0/1 matrix `(size + 2 pad, size)` of one axis's padding."""
+    rows = []
+    for i in range(-pad, size + pad):
+        row = np.zeros(size)
+        if 0 <= i < size:
+            row[i] = 1.0
+        elif mode == "circular":
+            row[i % size] = 1.0
+        elif mode == "reflect":
+            row[-i if i < 0 else 2 * (size - 1) - i] = 1.0
+        elif mode == "symmetric":
+            row[-i - 1 if i < 0 else 2 * size - 1 - i] = 1.0
+        rows.append(row)
+    return np.stack(rows)
+
+
+@keras_lipschitz_export
+class PadConv2D(keras.layers.Layer):
+    """Unconstrained 2-D convolution with reflect/symmetric/circular padding.
+
+    The input is padded by $\\lfloor k/2\\rfloor$ on each side with `padding`
+    (`"constant"` is zero padding, `"reflect"` mirrors without repeating
+    the border, `"symmetric"` mirrors it, `"circular"` wraps around), then
+    convolved with `padding="valid"`; `"same"` and `"valid"` are Keras's
+    (deel-lip's `PadConv2D`, a building block, not a constrained layer).
+
+    The kernel is **not** constrained. `lipschitz_upper_bound()` is
+    guaranteed: the padding is $P = P_h \\otimes P_w \\otimes I$, where
+    each $P_a$ selects one input row per padded row, so
+    $\\|P\\|_2 = \\sqrt{m_hm_w}$ with $m_a$ the largest number of copies of
+    one input row (1 for zero padding, up to 2 for the others); the bound
+    is the exact norm of the padded convolution for small inputs, and
+    $\\|P\\|_2$ times the bound of the valid convolution on the padded size
+    otherwise (`keras_lipschitz.bounds`).
+
+    Args:
+        filters: positive int.
+        kernel_size: int or tuple of 2 ints.
+        strides: int or tuple of 2 ints.
+        padding: one of `"same"`, `"valid"`, `"constant"`, `"reflect"`,
+            `"symmetric"`, `"circular"`.
+        data_format: `"channels_last"`, `"channels_first"` or None.
+        activation: None or a Keras activation with a known constant.
+        use_bias: bool.
+        kernel_initializer, bias_initializer, kernel_regularizer,
+        bias_regularizer, kernel_constraint, bias_constraint: as in
+            `keras.layers.Conv2D`.
+
+    Example:
+
+    >>> layer = PadConv2D(2, 3, padding="circular")
+    >>> tuple(layer(np.ones((1, 5, 5, 3), "float32")).shape)
+    (1, 5, 5, 2)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=(1, 1),
+        padding="same",
+        data_format=None,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = _validation.validate_positive_int("filters", filters)
+        self.kernel_size = _validation.validate_int_tuple(
+            "kernel_size", kernel_size
+        )
+        self.strides = _validation.validate_int_tuple("strides", strides)
+        self.padding = _validation.validate_choice(
+            "padding", padding, set(_PAD_MODES)
+        )
+        self.data_format = _validation.validate_data_format(data_format)
+        _kernel_arguments.set_kernel_arguments(
+            self,
+            1.0,
+            activation,
+            use_bias,
+            kernel_initializer,
+            bias_initializer,
+            kernel_regularizer,
+            bias_regularizer,
+            kernel_constraint,
+            bias_constraint,
+        )
+        if self.padding in ("same", "valid"):
+            self._pad_sizes = (0, 0)
+            self._conv_padding = self.padding
+        else:
+            self._pad_sizes = tuple(k // 2 for k in self.kernel_size)
+            self._conv_padding = "valid"
+        self.built_spatial_shape = None
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    @property
+    def _spatial_axes(self):
+        return (1, 2) if self.data_format == "channels_last" else (2, 3)
+
+    def _padded_size(self, spatial):
+        return tuple(
+            None if n is None else n + 2 * p
+            for n, p in zip(spatial, self._pad_sizes)
+        )
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        channels = input_shape[channel_axis]
+        if channels is None:
+            raise ValueError(
+                "PadConv2D needs a known channel dimension. "
+                f"Received: input_shape={input_shape}"
+            )
+        spatial = tuple(input_shape[a] for a in self._spatial_axes)
+        for n, p in zip(spatial, self._pad_sizes):
+            if n is not None and (
+                (self.padding == "reflect" and p >= n)
+                or (self.padding in ("symmetric", "circular") and p > n)
+            ):
+                raise ValueError(
+                    f"padding={self.padding!r} of {p} pixels needs a larger "
+                    f"input. Received: input_shape={input_shape}"
+                )
+        self.built_spatial_shape = spatial
+        _kernel_arguments.add_kernel_and_bias(
+            self, self.kernel_size + (channels, self.filters)
+        )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={channel_axis: channels}
+        )
+
+    def _pad(self, inputs):
+        x = inputs
+        for axis, pad in zip(self._spatial_axes, self._pad_sizes):
+            x = _pad_axis(x, axis, pad, self.padding)
+        return x
+
+    def call(self, inputs):
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        outputs = ops.conv(
+            self._pad(inputs),
+            kernel,
+            strides=self.strides,
+            padding=self._conv_padding,
+            data_format=self.data_format,
+        )
+        if self.bias is not None:
+            outputs = _kernel_arguments.add_channel_bias(
+                outputs, self.bias, self.data_format
+            )
+        return self.activation(outputs)
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        spatial = self._padded_size(
+            tuple(input_shape[a] for a in self._spatial_axes)
+        )
+        out = [
+            None if n is None else bounds.conv_output_size(
+                n, k, s, self._conv_padding
+            )
+            for n, k, s in zip(spatial, self.kernel_size, self.strides)
+        ]
+        if self.data_format == "channels_last":
+            return (input_shape[0], *out, self.filters)
+        return (input_shape[0], self.filters, *out)
+
+    def _kernel_float64(self):
+        # Not named `effective_kernel`: tools that find that method treat
+        # the layer as a zero-padded convolution, which it is not.
+        return np.asarray(ops.convert_to_numpy(self.kernel), np.float64)
+
+    def _padding_factors(self, size):
+        return [
+            _padding_matrix(n, p, self.padding)
+            for n, p in zip(size, self._pad_sizes)
+        ]
+
+    def operator_matrix(self, input_size):
+        """The explicit float64 matrix of padding then convolution.
+
+        It maps the flattened `(h, w, c_in)` input to the flattened
+        `(h', w', c_out)` output (channels-last order, whatever the
+        `data_format`; singular values do not depend on the order).
+
+        Args:
+            input_size: `(h, w)`.
+
+        Returns:
+            A NumPy array.
+        """
+        kernel = self._kernel_float64()
+        size = tuple(input_size)
+        factors = self._padding_factors(size)
+        conv = bounds.conv_operator_matrix(
+            kernel, self._padded_size(size), self.strides, self._conv_padding
+        )
+        pad = np.kron(np.kron(factors[0], factors[1]), np.eye(kernel.shape[2]))
+        return conv @ pad
+
+    def lipschitz_upper_bound(self, input_size=None):
+        """Guaranteed upper bound on the layer's ℓ2 Lipschitz constant.
+
+        Args:
+            input_size: optional `(h, w)`; defaults to the built size.
+
+        Returns:
+            A Python float.
+        """
+        if not self.built:
+            raise ValueError("PadConv2D must be built before its bound.")
+        kernel = self._kernel_float64()
+        size = tuple(input_size or self.built_spatial_shape)
+        if any(n is None for n in size):
+            raise ValueError(
+                "PadConv2D's bound needs the spatial input size; pass "
+                "`input_size=(h, w)`."
+            )
+        c_in = kernel.shape[2]
+        if size[0] * size[1] * c_in <= bounds.EXPLICIT_OPERATOR_MAX_INPUT_DIM:
+            operator = self.operator_matrix(size)
+            norm = 0.0
+            if operator.size:
+                norm = float(np.linalg.norm(operator, ord=2))
+            # Relative slack above the rounding of the float64 SVD.
+            bound = norm * (1.0 + 1e-12)
+        else:
+            factors = self._padding_factors(size)
+            pad_norm = math.sqrt(
+                np.max(np.sum(factors[0], axis=0))
+                * np.max(np.sum(factors[1], axis=0))
+            )
+            bound = pad_norm * bounds.conv_spectral_norm_upper_bound(
+                kernel,
+                self._padded_size(size),
+                self.strides,
+                self._conv_padding,
+            )
+        return bound * self._activation_lipschitz
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+            }
+        )
+        config.update(_kernel_arguments.kernel_arguments_config(self))
+        config.pop("lipschitz")
         return config

@@ -28,6 +28,7 @@ from keras import ops
 from keras_lipschitz import _backend
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers._base import OneLipschitzLayer
+from keras_lipschitz.layers._base import ScaledOneLipschitzLayer
 from keras_lipschitz.layers import _validation
 
 # Half-precision inputs are pooled in float32 (squares overflow float16 above
@@ -95,7 +96,7 @@ def _validate_epsilon(epsilon):
     return _validation.validate_positive_number("epsilon", epsilon)
 
 
-class _ScaledWindowPooling2D(OneLipschitzLayer):
+class _ScaledWindowPooling2D(ScaledOneLipschitzLayer):
     """Argument checks, shapes and config of the windowed pooling layers."""
 
     def __init__(
@@ -104,9 +105,10 @@ class _ScaledWindowPooling2D(OneLipschitzLayer):
         strides=None,
         padding="valid",
         data_format=None,
+        lipschitz=1.0,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(lipschitz=lipschitz, **kwargs)
         self.pool_size = _validation.validate_int_tuple("pool_size", pool_size)
         if strides is not None:
             strides = _validation.validate_int_tuple("strides", strides)
@@ -238,6 +240,8 @@ class ScaledAveragePooling2D(_ScaledWindowPooling2D):
         padding: only `"valid"` is accepted (see the module docstring).
         data_format: `"channels_last"`, `"channels_first"`, or None for
             `keras.config.image_data_format()`.
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`): the layer is then $L$-Lipschitz.
 
     Input shape:
         4D tensor `(batch, H, W, C)` (channels_last) or `(batch, C, H, W)`.
@@ -255,9 +259,9 @@ class ScaledAveragePooling2D(_ScaledWindowPooling2D):
     """
 
     def call(self, inputs):
+        scale = self.lipschitz / math.sqrt(self._window_size)
         return ops.multiply(
-            self._window_sum(inputs),
-            ops.cast(1.0 / math.sqrt(self._window_size), inputs.dtype),
+            self._window_sum(inputs), ops.cast(scale, inputs.dtype)
         )
 
 
@@ -298,6 +302,8 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
         epsilon: float > 0 added under the square root.
         data_format: `"channels_last"`, `"channels_first"`, or None for
             `keras.config.image_data_format()`.
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`).
 
     Input shape:
         4D tensor `(batch, H, W, C)` (channels_last) or `(batch, C, H, W)`.
@@ -321,6 +327,7 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
         padding="valid",
         epsilon=1e-6,
         data_format=None,
+        lipschitz=1.0,
         **kwargs,
     ):
         super().__init__(
@@ -328,6 +335,7 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
             strides=strides,
             padding=padding,
             data_format=data_format,
+            lipschitz=lipschitz,
             **kwargs,
         )
         self.epsilon = _validate_epsilon(epsilon)
@@ -338,14 +346,13 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
         if kernels is not None and self.data_format == "channels_last":
             # One pass each way on TensorFlow's CPU executor.
             outputs = kernels.l2_norm_pool(x, self.pool_size, self.epsilon)
-            return ops.cast(outputs, inputs.dtype)
-        # The fused gradient reshapes with static sizes; compiled backends
-        # fuse the autodiff gradient themselves (no faster by hand).
-        if None in x.shape[1:] or not _backend.runs_eagerly():
+        elif None in x.shape[1:] or not _backend.runs_eagerly():
+            # The fused gradient reshapes with static sizes; compiled
+            # backends fuse the autodiff gradient themselves.
             outputs = self._l2_norms(x)
         else:
             outputs = self._l2_norms_fused_gradient(x)
-        return ops.cast(outputs, inputs.dtype)
+        return ops.cast(self._scale(outputs), inputs.dtype)
 
     def _l2_norms(self, x):
         window_sum = self._window_sum(ops.square(x))
@@ -379,11 +386,13 @@ class ScaledL2NormPooling2D(_ScaledWindowPooling2D):
         return config
 
 
-class _ScaledGlobalPooling2D(OneLipschitzLayer):
+class _ScaledGlobalPooling2D(ScaledOneLipschitzLayer):
     """Config and shapes of the global pooling layers."""
 
-    def __init__(self, data_format=None, keepdims=False, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(
+        self, data_format=None, keepdims=False, lipschitz=1.0, **kwargs
+    ):
+        super().__init__(lipschitz=lipschitz, **kwargs)
         self.data_format = _validation.validate_data_format(data_format)
         self.keepdims = bool(keepdims)
         self.input_spec = keras.layers.InputSpec(ndim=4)
@@ -423,6 +432,8 @@ class ScaledGlobalAveragePooling2D(_ScaledGlobalPooling2D):
         data_format: `"channels_last"`, `"channels_first"`, or None for
             `keras.config.image_data_format()`.
         keepdims: bool, keep the spatial axes with size 1.
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`).
 
     Input shape:
         4D tensor with static spatial sizes.
@@ -440,9 +451,16 @@ class ScaledGlobalAveragePooling2D(_ScaledGlobalPooling2D):
     [[3.0, 3.0]]
     """
 
-    def __init__(self, data_format=None, keepdims=False, **kwargs):
-        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
-        self._scale = None
+    def __init__(
+        self, data_format=None, keepdims=False, lipschitz=1.0, **kwargs
+    ):
+        super().__init__(
+            data_format=data_format,
+            keepdims=keepdims,
+            lipschitz=lipschitz,
+            **kwargs,
+        )
+        self._inverse_sqrt_size = None
 
     def build(self, input_shape):
         axes = _spatial_axes(self.data_format)
@@ -454,7 +472,7 @@ class ScaledGlobalAveragePooling2D(_ScaledGlobalPooling2D):
                 f"({self.data_format!r}) and the input. "
                 f"Received: input_shape={input_shape}"
             )
-        self._scale = 1.0 / math.sqrt(sizes[0] * sizes[1])
+        self._inverse_sqrt_size = 1.0 / math.sqrt(sizes[0] * sizes[1])
         self.input_spec = keras.layers.InputSpec(
             ndim=4, axes={axes[0]: sizes[0], axes[1]: sizes[1]}
         )
@@ -463,7 +481,9 @@ class ScaledGlobalAveragePooling2D(_ScaledGlobalPooling2D):
         total = ops.sum(
             inputs, axis=_spatial_axes(self.data_format), keepdims=self.keepdims
         )
-        return ops.multiply(total, ops.cast(self._scale, inputs.dtype))
+        # `lipschitz` is read here, not at build, so it can still be set.
+        scale = self.lipschitz * self._inverse_sqrt_size
+        return ops.multiply(total, ops.cast(scale, inputs.dtype))
 
 
 @keras_lipschitz_export
@@ -486,6 +506,8 @@ class ScaledGlobalL2NormPooling2D(_ScaledGlobalPooling2D):
             `keras.config.image_data_format()`.
         keepdims: bool, keep the spatial axes with size 1.
         epsilon: float > 0 added under the square root.
+        lipschitz: positive float $L$, multiplies the output (deel-lip's
+            `k_coef_lip`).
 
     Input shape:
         4D tensor.
@@ -504,9 +526,19 @@ class ScaledGlobalL2NormPooling2D(_ScaledGlobalPooling2D):
     """
 
     def __init__(
-        self, data_format=None, keepdims=False, epsilon=1e-6, **kwargs
+        self,
+        data_format=None,
+        keepdims=False,
+        epsilon=1e-6,
+        lipschitz=1.0,
+        **kwargs,
     ):
-        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        super().__init__(
+            data_format=data_format,
+            keepdims=keepdims,
+            lipschitz=lipschitz,
+            **kwargs,
+        )
         self.epsilon = _validate_epsilon(epsilon)
 
     def call(self, inputs):
@@ -516,7 +548,8 @@ class ScaledGlobalL2NormPooling2D(_ScaledGlobalPooling2D):
             axis=_spatial_axes(self.data_format),
             keepdims=self.keepdims,
         )
-        return ops.cast(ops.sqrt(ops.add(total, self.epsilon)), inputs.dtype)
+        outputs = self._scale(ops.sqrt(ops.add(total, self.epsilon)))
+        return ops.cast(outputs, inputs.dtype)
 
     def get_config(self):
         config = super().get_config()

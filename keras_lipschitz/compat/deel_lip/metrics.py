@@ -1,0 +1,113 @@
+"""deel-lip's `deel.lip.metrics`, as `keras_lipschitz.metrics`.
+
+deel-lip's metrics are `keras.Loss` objects; these are Keras metrics with
+the same per-sample values, for `compile(metrics=[...])`. Called directly,
+a Keras metric *accumulates* over calls (`metric.reset_state()` starts
+again; the functions of `keras_lipschitz.metrics` are stateless).
+
+They trust `lip_const`, as deel-lip does: a certificate that assumes the
+network is `lip_const`-Lipschitz is only as sound as that assumption (it
+fails with deel-lip's average RKO factor, for instance). Report numbers
+with `keras_lipschitz.certify` / `certified_accuracy`, which compute a
+guaranteed bound from the model itself.
+"""
+
+from keras_lipschitz import metrics as _metrics
+from keras_lipschitz.compat.deel_lip._mapping import maps_to
+
+_TRUST = (
+    "Trusts `lip_const` (training-time view); report with "
+    "`keras_lipschitz.certify`."
+)
+
+
+def _norm(disjoint_neurons):
+    # Disjoint neurons: each logit is lip_const-Lipschitz, margin / (2 L).
+    return "linf" if disjoint_neurons else "l2"
+
+
+@maps_to(
+    "metrics",
+    "`CertifiedAccuracy(epsilon, norm, lipschitz=lip_const)`",
+    "`disjoint_neurons=True` (deel-lip's default) is `norm=\"linf\"` "
+    "(margin $/2L$), `False` is `norm=\"l2\"` (margin $/\\sqrt2L$). " + _TRUST,
+)
+def CategoricalProvableRobustAccuracy(
+    epsilon=36 / 255,
+    lip_const=1.0,
+    disjoint_neurons=True,
+    reduction="sum_over_batch_size",
+    name="CategoricalProvableRobustAccuracy",
+):
+    """deel-lip's `CategoricalProvableRobustAccuracy`: `CertifiedAccuracy`."""
+    return _metrics.CertifiedAccuracy(
+        epsilon=epsilon,
+        norm=_norm(disjoint_neurons),
+        lipschitz=lip_const,
+        name=name,
+    )
+
+
+@maps_to(
+    "metrics",
+    "`BinaryCertifiedAccuracy(epsilon, lipschitz=lip_const)`",
+    _TRUST,
+)
+def BinaryProvableRobustAccuracy(
+    epsilon=36 / 255,
+    lip_const=1.0,
+    reduction="sum_over_batch_size",
+    name="BinaryProvableRobustAccuracy",
+):
+    """deel-lip's `BinaryProvableRobustAccuracy`: `BinaryCertifiedAccuracy`."""
+    return _metrics.BinaryCertifiedAccuracy(
+        epsilon=epsilon, lipschitz=lip_const, name=name
+    )
+
+
+@maps_to(
+    "metrics",
+    "`MeanCertifiedRadius(norm, lipschitz=lip_const, negative_robustness)`",
+    "`disjoint_neurons` as above. " + _TRUST,
+)
+def CategoricalProvableAvgRobustness(
+    lip_const=1.0,
+    disjoint_neurons=True,
+    negative_robustness=False,
+    reduction="sum_over_batch_size",
+    name="CategoricalProvableAvgRobustness",
+):
+    """deel-lip's `CategoricalProvableAvgRobustness`: `MeanCertifiedRadius`."""
+    return _metrics.MeanCertifiedRadius(
+        norm=_norm(disjoint_neurons),
+        lipschitz=lip_const,
+        negative_robustness=negative_robustness,
+        name=name,
+    )
+
+
+@maps_to(
+    "metrics",
+    "`BinaryMeanCertifiedRadius(lipschitz=lip_const, negative_robustness)`",
+    _TRUST,
+)
+def BinaryProvableAvgRobustness(
+    lip_const=1.0,
+    negative_robustness=False,
+    reduction="sum_over_batch_size",
+    name="BinaryProvableAvgRobustness",
+):
+    """deel-lip's `BinaryProvableAvgRobustness`: `BinaryMeanCertifiedRadius`."""
+    return _metrics.BinaryMeanCertifiedRadius(
+        lipschitz=lip_const,
+        negative_robustness=negative_robustness,
+        name=name,
+    )
+
+
+__all__ = [
+    "BinaryProvableAvgRobustness",
+    "BinaryProvableRobustAccuracy",
+    "CategoricalProvableAvgRobustness",
+    "CategoricalProvableRobustAccuracy",
+]

@@ -1,0 +1,215 @@
+"""deel-lip's `deel.lip.normalizers`, with its signatures.
+
+Built on `keras_lipschitz.normalizers` (`power_iteration_dense`,
+`power_iteration_conv`, `bjorck_orthonormalize`). Every loop runs its
+`maxiter` steps: the `eps` stopping tolerances of deel-lip's
+`while_loop`s are accepted, and `eps` keeps its other role, the safety
+margin of the division `kernel / (sigma + eps)`, as in deel-lip. The
+power-iteration vector is always gradient-stopped
+(`set_stop_grad_spectral(True)`, deel-lip's default).
+"""
+
+import keras
+from keras import ops
+
+from keras_lipschitz import normalizers as _normalizers
+from keras_lipschitz.compat.deel_lip._mapping import maps_to
+
+DEFAULT_BETA_BJORCK = 0.5
+DEFAULT_EPS_SPECTRAL = 1e-3
+DEFAULT_EPS_BJORCK = 1e-3
+DEFAULT_MAXITER_BJORCK = 15
+DEFAULT_MAXITER_SPECTRAL = 10
+STOP_GRAD_SPECTRAL = True
+
+
+@maps_to(
+    "normalizers",
+    "—",
+    "Only `True` (the default): the power-iteration vector is always "
+    "gradient-stopped (Miyato et al.); `False` raises.",
+    status="adapted",
+)
+def set_stop_grad_spectral(value):
+    """Accepts `True` only (the vector is always gradient-stopped)."""
+    if not value:
+        raise ValueError(
+            "keras_lipschitz always stops the gradient through the power "
+            "iteration vector; set_stop_grad_spectral(False) is not supported."
+        )
+
+
+def _initial_vector(kernel, u):
+    if u is None:
+        return keras.random.uniform((1, kernel.shape[-1]), 0.0, 1.0)
+    return ops.convert_to_tensor(u)
+
+
+@maps_to(
+    "normalizers",
+    "`keras_lipschitz.normalizers.power_iteration_dense`",
+    "Returns `(kernel / (sigma + eps), u, sigma)`; `maxiter` steps from `u` "
+    "(random when None).",
+)
+def spectral_normalization(
+    kernel, u, eps=DEFAULT_EPS_SPECTRAL, maxiter=DEFAULT_MAXITER_SPECTRAL
+):
+    """deel-lip's `spectral_normalization` of a 2-D kernel.
+
+    Returns:
+        `(kernel / (sigma + eps), u, sigma)` with `sigma` of shape `(1, 1)`.
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    u, sigma = _normalizers.power_iteration_dense(
+        kernel, _initial_vector(kernel, u), maxiter
+    )
+    return kernel / (sigma + eps), u, ops.reshape(sigma, (1, 1))
+
+
+@maps_to(
+    "normalizers",
+    "`keras_lipschitz.normalizers.bjorck_orthonormalize`",
+    "A fixed `maxiter` steps (deel-lip stops earlier at `eps`).",
+)
+def bjorck_normalization(
+    w,
+    eps=DEFAULT_EPS_BJORCK,
+    beta=DEFAULT_BETA_BJORCK,
+    maxiter=DEFAULT_MAXITER_BJORCK,
+):
+    """deel-lip's `bjorck_normalization`."""
+    return _normalizers.bjorck_orthonormalize(
+        ops.convert_to_tensor(w), maxiter, beta
+    )
+
+
+@maps_to(
+    "normalizers",
+    "`keras_lipschitz.normalizers.reshaped_kernel_orthogonalize`",
+    "Spectral normalization (by `sigma + eps_spectral`) and Björck of the "
+    "reshaped kernel, times `adjustment_coef`; `eps_bjorck=None` skips "
+    "Björck.",
+)
+def reshaped_kernel_orthogonalization(
+    kernel,
+    u,
+    adjustment_coef,
+    eps_spectral=DEFAULT_EPS_SPECTRAL,
+    eps_bjorck=DEFAULT_EPS_BJORCK,
+    beta=DEFAULT_BETA_BJORCK,
+    maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
+    maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+):
+    """deel-lip's `reshaped_kernel_orthogonalization`.
+
+    Returns:
+        `(W_bar, u, sigma)`.
+    """
+    kernel = ops.convert_to_tensor(kernel)
+    shape = tuple(kernel.shape)
+    matrix = ops.reshape(kernel, (-1, shape[-1]))
+    w_bar, u, sigma = spectral_normalization(
+        matrix, u, eps=eps_spectral, maxiter=maxiter_spectral
+    )
+    if eps_bjorck is not None and beta is not None:
+        w_bar = _normalizers.bjorck_orthonormalize(w_bar, maxiter_bjorck, beta)
+    return ops.reshape(w_bar * adjustment_coef, shape), u, sigma
+
+
+@maps_to(
+    "normalizers",
+    "`keras_lipschitz.normalizers.power_iteration_conv`",
+    "Zero \"same\" padding (`pad_func=None`) only; `conv_first=False` (the "
+    "transposed operator) is supported. `eps < 0` returns the kernel "
+    "unchanged, as in deel-lip; no random jitter is added to `u`.",
+    status="adapted",
+)
+def spectral_normalization_conv(
+    kernel,
+    u,
+    stride=1.0,
+    conv_first=True,
+    pad_func=None,
+    eps=DEFAULT_EPS_SPECTRAL,
+    maxiter=DEFAULT_MAXITER_SPECTRAL,
+):
+    """deel-lip's `spectral_normalization_conv` (channels last).
+
+    Args:
+        kernel: `(k_h, k_w, c_in, c_out)`.
+        u: `(1, H, W, c_in)` if `conv_first`, else `(1, H, W, c_out)`.
+        stride: int stride.
+        conv_first: whether the operator is the convolution (else its
+            transpose).
+        pad_func: only None (zero "same" padding).
+        eps: safety margin of the division; `eps < 0` returns the kernel.
+        maxiter: number of power-iteration steps.
+
+    Returns:
+        `(kernel / (sigma + eps), u, sigma)`.
+    """
+    if eps < 0:
+        return kernel, u, 1.0
+    if pad_func is not None:
+        raise NotImplementedError(
+            "spectral_normalization_conv supports pad_func=None (zero 'same' "
+            "padding) only."
+        )
+    kernel = ops.convert_to_tensor(kernel)
+    u = ops.convert_to_tensor(u)
+    s = int(stride)
+    k = tuple(int(d) for d in kernel.shape[:2])
+
+    def conv(x):
+        return ops.conv(x, kernel, s, "same", data_format="channels_last")
+
+    if conv_first:
+        size = tuple(int(d) for d in u.shape[1:3])
+        padding = _normalizers.conv_transpose_output_padding(
+            size, k, (s, s), "same"
+        )
+
+        def forward(x):
+            return conv(x)
+
+        def adjoint(y):
+            return ops.conv_transpose(
+                y, kernel, s, "same", output_padding=padding,
+                data_format="channels_last",
+            )
+
+    else:
+        size = tuple(int(d) * s for d in u.shape[1:3])
+        padding = _normalizers.conv_transpose_output_padding(
+            size, k, (s, s), "same"
+        )
+
+        def forward(y):
+            return ops.conv_transpose(
+                y, kernel, s, "same", output_padding=padding,
+                data_format="channels_last",
+            )
+
+        def adjoint(x):
+            return conv(x)
+
+    u = _normalizers.l2_normalize(ops.stop_gradient(u))
+    for _ in range(maxiter):
+        u = _normalizers.l2_normalize(adjoint(forward(u)))
+    u = ops.stop_gradient(u)
+    sigma = ops.sqrt(ops.sum(ops.square(forward(u))))
+    return kernel / (sigma + eps), u, sigma
+
+
+__all__ = [
+    "DEFAULT_BETA_BJORCK",
+    "DEFAULT_EPS_BJORCK",
+    "DEFAULT_EPS_SPECTRAL",
+    "DEFAULT_MAXITER_BJORCK",
+    "DEFAULT_MAXITER_SPECTRAL",
+    "bjorck_normalization",
+    "reshaped_kernel_orthogonalization",
+    "set_stop_grad_spectral",
+    "spectral_normalization",
+    "spectral_normalization_conv",
+]
