@@ -31,10 +31,25 @@ subprocess (`KERAS_BACKEND` set before Keras is imported):
   (50 GiB), and autodiff keeps several such tensors for the backward, so
   the reference column is that analytic lower bound.
 
+- **Ratio to Dense** (`--vs-dense`, issue 18): in one fresh process per
+  backend and per setting of `KERAS_LIPSCHITZ_LINF_KERNELS` (`on`: the
+  compiled CPU kernels, `off`: the `keras.ops` reference), one Adam
+  training step (`train_on_batch`, Keras's default `jit_compile`, MSE to
+  random targets) of a model holding only `LinfDistDense(1024)` at
+  p = 8, `LinfDistDense(1024)` at p = inf, `SortNetDense(1024)` (p = 8,
+  q = 0.75 subsets) and `keras.layers.Dense(1024)`, all on the same
+  512 × 1024 batch (`--vs-dense-shape`). After `--warmup` steps each,
+  `--repeats` rounds interleave one step of every model; reported: the
+  median step time of each, its min and max, the ratio of medians to
+  Dense, the load average before and after, and how many times the
+  compiled kernels ran. `--cpus 0` pins the child to one core (every
+  framework and the kernels then run one thread).
+
 Usage:
 
     python benchmarks/linf_throughput.py --quick --json linf.json
     python benchmarks/linf_throughput.py --full-memory --json linf_full.json
+    python benchmarks/linf_throughput.py --vs-dense --json linf_dense.json
 
 Rows follow the benchmarks' JSON convention (`ratio` = ours / naive for
 throughput, ours / naive for memory).
@@ -159,8 +174,128 @@ def _child_full_memory(args):
             "loss": float(loss)}
 
 
-def _run_child(backend, extra, timeout):
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+VS_DENSE_MODELS = ("dense", "linf_p8", "linf_pinf", "sortnet_p8")
+
+
+def _child_vs_dense(args):
+    """Interleaved train steps of a Dense and of the distance layers."""
+    import statistics
+
+    if args.cpus:
+        # Before any framework starts its thread pools: they, and the
+        # kernels, size themselves from the affinity mask.
+        os.sched_setaffinity(0, [int(c) for c in args.cpus.split(",")])
+
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, REPO_ROOT)
+    from keras_lipschitz.layers import LinfDistDense
+    from keras_lipschitz.layers import SortNetDense
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(args.batch_size, args.dim)).astype("float32")
+    y = rng.normal(size=(args.batch_size, args.width)).astype("float32")
+    layers = {
+        "dense": lambda: keras.layers.Dense(args.width),
+        "linf_p8": lambda: LinfDistDense(args.width, p=8.0),
+        "linf_pinf": lambda: LinfDistDense(args.width, p=float("inf")),
+        "sortnet_p8": lambda: SortNetDense(args.width, p=8.0),
+    }
+    models = {}
+    for name in args.models.split(","):
+        model = keras.Sequential([keras.Input((args.dim,)), layers[name]()])
+        model.compile(keras.optimizers.Adam(1e-3), "mse")
+        models[name] = model
+    load_before = _loadavg()
+    for model in models.values():
+        for _ in range(args.warmup):
+            model.train_on_batch(x, y)
+    times = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    calls = {}
+    if "keras_lipschitz._linf_kernels" in sys.modules:
+        calls = dict(sys.modules["keras_lipschitz._linf_kernels"].CALLS)
+    dense = medians.get("dense")
+    return {
+        "median_s": medians,
+        "min_s": {name: min(t) for name, t in times.items()},
+        "max_s": {name: max(t) for name, t in times.items()},
+        "ratio_to_dense": {
+            name: (m / dense if dense else None)
+            for name, m in medians.items()
+        },
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+        "kernel_calls": calls,
+        "kernels_env": os.environ.get("KERAS_LIPSCHITZ_LINF_KERNELS", "1"),
+        "cpus": sorted(os.sched_getaffinity(0)),
+    }
+
+
+def _vs_dense_rows(args):
+    rows = []
+    for backend in args.backends.split(","):
+        for setting in args.kernels.split(","):
+            env = {"KERAS_LIPSCHITZ_LINF_KERNELS": "0" if setting == "off"
+                   else "1"}
+            result = _run_child(backend, [
+                "--task", "vs_dense", "--batch-size", str(args.batch_size),
+                "--dim", str(args.dim), "--width", str(args.width),
+                "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                "--models", args.models, "--cpus", args.cpus,
+            ], args.timeout, env)
+            print(backend, f"kernels {setting}", json.dumps(result),
+                  flush=True)
+            for name in args.models.split(","):
+                if name == "dense":
+                    continue
+                median = result.get("median_s", {})
+                rows.append({
+                    "benchmark": "linf_vs_dense", "backend": backend,
+                    "metric": f"{name} train step / Dense(1024) step",
+                    "unit": "ratio", "kernels": setting,
+                    "ours": median.get(name),
+                    "reference": median.get("dense"),
+                    "reference_name": "keras.layers.Dense, same shape, same "
+                                      "process, interleaved",
+                    "ratio": result.get("ratio_to_dense", {}).get(name),
+                    "notes": (
+                        f"batch {args.batch_size} x {args.dim} -> "
+                        f"{args.width}, Adam, train_on_batch, median of "
+                        f"{args.repeats} interleaved steps after "
+                        f"{args.warmup} warm-up; min/max "
+                        f"{result.get('min_s', {}).get(name)}/"
+                        f"{result.get('max_s', {}).get(name)} s; Dense "
+                        f"min/max {result.get('min_s', {}).get('dense')}/"
+                        f"{result.get('max_s', {}).get('dense')} s; "
+                        f"cpus {result.get('cpus')}; "
+                        f"loadavg {result.get('loadavg_before')} -> "
+                        f"{result.get('loadavg_after')}; kernel calls "
+                        f"{result.get('kernel_calls')}; "
+                        f"{result.get('error', '')}"
+                    ).strip("; "),
+                })
+    return rows
+
+
+def _run_child(backend, extra, timeout, env_extra=None):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env.update(env_extra or {})
     cmd = [sys.executable, os.path.abspath(__file__), "--child"] + extra
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True,
@@ -231,6 +366,21 @@ def main():
     parser.add_argument("--full-dim", type=int, default=5120,
                         help="input dimension of --full-memory (5120; a "
                              "smaller one keeps B and N but fewer chunks)")
+    parser.add_argument("--vs-dense", action="store_true",
+                        help="ratio of LinfDistDense / SortNetDense train "
+                             "steps to a Dense step of the same shape")
+    parser.add_argument("--kernels", default="on,off",
+                        help="--vs-dense: KERAS_LIPSCHITZ_LINF_KERNELS "
+                             "settings to run (on, off)")
+    parser.add_argument("--vs-dense-shape", default="512,1024,1024",
+                        help="--vs-dense: batch,input dim,units")
+    parser.add_argument("--models", default=",".join(VS_DENSE_MODELS))
+    parser.add_argument("--cpus", default="",
+                        help="--vs-dense: comma-separated CPU ids the child "
+                             "may use (default: all); '0' compares single "
+                             "threads, robust to a busy second core")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1800)
     # Child-process options.
     parser.add_argument("--child", action="store_true")
@@ -245,13 +395,18 @@ def main():
     args = parser.parse_args()
 
     if args.child:
-        task = {"memory": _child_memory, "full": _child_full_memory}.get(
-            args.task, _child_throughput)
+        task = {"memory": _child_memory, "full": _child_full_memory,
+                "vs_dense": _child_vs_dense}.get(args.task, _child_throughput)
         print("RESULT " + json.dumps(task(args)), flush=True)
         return
 
-    if args.full_memory:
-        rows = _full_memory_rows(args)
+    if args.vs_dense or args.full_memory:
+        if args.vs_dense:
+            args.batch_size, args.dim, args.width = (
+                int(v) for v in args.vs_dense_shape.split(","))
+            rows = _vs_dense_rows(args)
+        else:
+            rows = _full_memory_rows(args)
         for row in rows:
             print(json.dumps(row))
         if args.json:

@@ -4,9 +4,10 @@ Only what `keras.ops` cannot express lives here: input gradients, used by
 attacks and empirical Lipschitz estimates, cross-replica sums, loops whose
 iterations must not overlap (memory of the chunked ℓ∞ layers), which of
 two formulations of the same maths is faster on a backend (eager
-execution, small-image convolutions), and the fused TensorFlow CPU kernels
-of `GroupSort2` and `ScaledL2NormPooling2D`. Backends are imported lazily,
-inside the functions.
+execution, small-image convolutions), the fused TensorFlow CPU kernels
+of `GroupSort2` and `ScaledL2NormPooling2D`, and the compiled CPU kernels
+of the ℓ∞-distance layers. Backends are imported lazily, inside the
+functions.
 """
 
 import os
@@ -72,6 +73,57 @@ def fused_training_kernels(training, inputs):
     if not _tf_cpu_kernels.applies_here() or _tf_cpu_kernels.load() is None:
         return None
     return _tf_cpu_kernels
+
+
+def native_linf_kernels(training, inputs):
+    """The compiled ℓ∞-distance CPU kernels, when this call may use them.
+
+    Returns the `keras_lipschitz._linf_kernels` module (its
+    `pnorm_distances` reproduces `layers.linf.pnorm_distances`), or None
+    (then the caller uses that `keras.ops` reference). They apply only to
+    training calls (`training` true, so inference and certification never
+    depend on them) on float32 `inputs` on a CPU: torch CPU tensors outside
+    `torch.compile`, JAX whose default backend is the CPU, TensorFlow
+    without a visible GPU and outside XLA (`jit_compile`); unless the
+    environment variable `KERAS_LIPSCHITZ_LINF_KERNELS` is `0`, and once
+    they built.
+    """
+    try:
+        if not bool(training):
+            return None
+    except (TypeError, ValueError):  # a symbolic flag: cannot tell
+        return None
+    if keras.backend.standardize_dtype(inputs.dtype) != "float32":
+        return None
+    if os.environ.get("KERAS_LIPSCHITZ_LINF_KERNELS", "1").strip() == "0":
+        return None
+    backend = keras.config.backend()
+    if backend == "torch":
+        import torch
+
+        if not isinstance(inputs, torch.Tensor) or inputs.device.type != "cpu":
+            return None
+        compiling = getattr(getattr(torch, "compiler", None), "is_compiling",
+                            None)
+        if compiling is not None and compiling():  # (torch >= 2.3)
+            return None
+    elif backend == "jax":
+        import jax
+
+        if jax.default_backend() != "cpu":
+            return None
+    elif backend == "tensorflow":
+        from keras_lipschitz import _tf_cpu_kernels
+
+        if not _tf_cpu_kernels.applies_here():
+            return None
+    else:
+        return None
+    from keras_lipschitz import _linf_kernels
+
+    if _linf_kernels.load() is None:
+        return None
+    return _linf_kernels
 
 
 def sequential_fori_loop(lower, upper, body, init):

@@ -24,92 +24,36 @@ one warning.
 This module imports TensorFlow; only `_backend` imports it, lazily.
 """
 
-import hashlib
-import logging
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import warnings
 
 import tensorflow as tf
 
+from keras_lipschitz import _native_build
+
 _SOURCE = os.path.join(os.path.dirname(__file__), "_tf_cpu_kernels.cc")
 _LOCK = threading.Lock()
 # None: not tried yet; False: the build or load failed; else the op module.
 _LIBRARY = None
-_LOGGER = logging.getLogger("keras_lipschitz")
-
-
-def _compiler():
-    """`$CXX` if set (and only it), else the first of g++, c++, clang++."""
-    requested = os.environ.get("CXX")
-    if requested:
-        return shutil.which(requested)
-    for candidate in ("g++", "c++", "clang++"):
-        if shutil.which(candidate):
-            return shutil.which(candidate)
-    return None
-
-
-def _cache_dir():
-    root = os.environ.get("KERAS_LIPSCHITZ_CACHE")
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-            os.path.expanduser("~"), ".cache"
-        )
-        root = os.path.join(xdg, "keras_lipschitz")
-    try:
-        os.makedirs(root, exist_ok=True)
-        return root
-    except OSError:
-        fallback = os.path.join(
-            tempfile.gettempdir(), f"keras_lipschitz-{os.getuid()}"
-        )
-        os.makedirs(fallback, exist_ok=True)
-        return fallback
+_compiler = _native_build.compiler
 
 
 def _build(compiler, rebuild=False):
     """Compiles the kernels (or finds them cached); returns the .so path."""
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
     compile_flags = [compiler, "-std=c++17", "-shared", "-fPIC", "-O3", "-w"]
     # Vectorizable square roots (no errno).
     compile_flags += ["-fno-math-errno"]
     compile_flags += tf.sysconfig.get_compile_flags()
-    link_flags = tf.sysconfig.get_link_flags()
-    key = hashlib.sha256(
-        b"\0".join(
-            [source, tf.__version__.encode()]
-            + [flag.encode() for flag in compile_flags + link_flags]
-        )
-    ).hexdigest()[:16]
-    directory = _cache_dir()
-    library = os.path.join(directory, f"tf_cpu_kernels-{key}.so")
-    if os.path.exists(library) and not rebuild:
-        return library
-    _LOGGER.info("keras_lipschitz: compiling TensorFlow CPU kernels (once)")
-    # Build under a unique name, then rename: concurrent processes (pytest
-    # workers, data-parallel ranks) never load a half-written file.
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=directory)
-    os.close(handle)
-    try:
-        result = subprocess.run(
-            compile_flags + [_SOURCE, "-o", partial] + link_flags,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if result.returncode:
-            raise RuntimeError(result.stderr[-2000:])
-        os.replace(partial, library)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-    return library
+    return _native_build.build(
+        _SOURCE,
+        "tf_cpu_kernels",
+        compile_flags,
+        tf.sysconfig.get_link_flags(),
+        key_parts=[tf.__version__.encode()],
+        rebuild=rebuild,
+        description="TensorFlow CPU kernels",
+    )
 
 
 def _register_gradients(ops_module):

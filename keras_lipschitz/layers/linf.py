@@ -18,6 +18,13 @@ one after the other with a running maximum and a rescaled running $p$-sum
 (fixed-count `ops.fori_loop`), and the backward pass is a custom gradient
 that recomputes each chunk instead of storing it, so only $B\\times c\\times
 N$ temporaries are alive at once.
+
+**Speed.** On a CPU, training calls run fused C++ kernels instead
+(`training_pnorm_distances`; compiled at first use, same values and
+subgradients): the `keras.ops` form makes one pass over a chunk per
+elementwise op and is hundreds of times slower than a `Dense` step of the
+same shape. `KERAS_LIPSCHITZ_LINF_KERNELS=0` turns them off; inference
+always uses `keras.ops`.
 """
 
 import math
@@ -294,6 +301,23 @@ def pnorm_distances(x, kernel, p, chunk_size=DEFAULT_CHUNK_SIZE, keep=None):
         return y, grad
 
     return distances(*inputs)
+
+
+def training_pnorm_distances(x, kernel, p, chunk_size, training, keep=None):
+    """`pnorm_distances` of a training call, by compiled kernels on a CPU.
+
+    Where `keras_lipschitz._backend.native_linf_kernels` says they apply
+    (training calls on float32 CPU tensors, every backend; not with
+    `KERAS_LIPSCHITZ_LINF_KERNELS=0`), the fused C++ kernels of
+    `keras_lipschitz/_linf_kernels.cc` compute the same values and
+    subgradients (up to the order of floating-point sums) without any
+    `(B, c, N)` temporary; `chunk_size` is then unused. Everything else
+    runs `pnorm_distances`.
+    """
+    kernels = _backend.native_linf_kernels(training, x)
+    if kernels is not None:
+        return kernels.pnorm_distances(x, kernel, p, keep=keep)
+    return pnorm_distances(x, kernel, p, chunk_size, keep=keep)
 
 
 def naive_pnorm_distances(x, kernel, p):
@@ -645,9 +669,15 @@ class LinfDistDense(_DistanceDense):
     """
 
     def _distances(self, x, training):
-        p = ops.convert_to_tensor(self.train_p) if training else float("inf")
-        return pnorm_distances(
-            x, ops.cast(self.kernel, "float32"), p, self.chunk_size
+        kernel = ops.cast(self.kernel, "float32")
+        if not training:
+            return pnorm_distances(x, kernel, float("inf"), self.chunk_size)
+        return training_pnorm_distances(
+            x,
+            kernel,
+            ops.convert_to_tensor(self.train_p),
+            self.chunk_size,
+            training,
         )
 
 
@@ -751,11 +781,12 @@ class SortNetDense(_DistanceDense):
                 seed=self.seed_generator,
                 group_size=self.group_size,
             )
-        return pnorm_distances(
+        return training_pnorm_distances(
             x,
             kernel,
             ops.convert_to_tensor(self.train_p),
             self.chunk_size,
+            training,
             keep=keep,
         )
 
