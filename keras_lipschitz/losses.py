@@ -1180,8 +1180,34 @@ class TauBinaryCrossentropy(_LipschitzLoss):
         return tau_binary_crossentropy(y_true, y_pred, tau=self.tau)
 
 
+class _MinMarginLoss(_LipschitzLoss):
+    """A loss whose only hyper-parameter is `min_margin` (> 0).
+
+    Subclasses set `_DEFAULT_NAME` and the static `_margin_loss(y_true,
+    y_pred, min_margin)`.
+    """
+
+    _HYPERPARAMETERS = {"min_margin": _validate_positive}
+    _DEFAULT_NAME = None
+
+    def __init__(
+        self,
+        min_margin=1.0,
+        reduction="sum_over_batch_size",
+        name=None,
+        dtype=None,
+    ):
+        super().__init__(
+            name=name or self._DEFAULT_NAME, reduction=reduction, dtype=dtype
+        )
+        self.min_margin = min_margin
+
+    def call(self, y_true, y_pred):
+        return self._margin_loss(y_true, y_pred, min_margin=self.min_margin)
+
+
 @keras_lipschitz_export
-class MultiMargin(_LipschitzLoss):
+class MultiMargin(_MinMarginLoss):
     """Multiclass margin loss, $\\frac1C\\sum_{j\\ne y}(m - f_y + f_j)_+$.
 
     PyTorch's `multi_margin_loss` ($p = 1$) and deel-lip's `MultiMargin`.
@@ -1201,24 +1227,15 @@ class MultiMargin(_LipschitzLoss):
     0.6333
     """
 
-    _HYPERPARAMETERS = {"min_margin": _validate_positive}
+    _DEFAULT_NAME = "multi_margin"
 
-    def __init__(
-        self,
-        min_margin=1.0,
-        reduction="sum_over_batch_size",
-        name="multi_margin",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.min_margin = min_margin
-
-    def call(self, y_true, y_pred):
-        return multi_margin(y_true, y_pred, min_margin=self.min_margin)
+    @staticmethod
+    def _margin_loss(y_true, y_pred, min_margin):
+        return multi_margin(y_true, y_pred, min_margin=min_margin)
 
 
 @keras_lipschitz_export
-class CategoricalHinge(_LipschitzLoss):
+class CategoricalHinge(_MinMarginLoss):
     """Hinge on the top-2 margin, $(m - f_y + \\max_{j\\ne y}f_j)_+$.
 
     deel-lip's `CategoricalHinge` (a settable margin, on logits). See
@@ -1238,20 +1255,11 @@ class CategoricalHinge(_LipschitzLoss):
     0.4
     """
 
-    _HYPERPARAMETERS = {"min_margin": _validate_positive}
+    _DEFAULT_NAME = "categorical_hinge"
 
-    def __init__(
-        self,
-        min_margin=1.0,
-        reduction="sum_over_batch_size",
-        name="categorical_hinge",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.min_margin = min_margin
-
-    def call(self, y_true, y_pred):
-        return categorical_hinge(y_true, y_pred, min_margin=self.min_margin)
+    @staticmethod
+    def _margin_loss(y_true, y_pred, min_margin):
+        return categorical_hinge(y_true, y_pred, min_margin=min_margin)
 
 
 def _validate_positive_or_inf(name, value):

@@ -152,8 +152,30 @@ def certified_accuracy(y_true, y_pred, epsilon, norm="l2", lipschitz=1.0):
     return ops.cast(certified, margin.dtype)
 
 
+class _CertificateMetric(keras.metrics.MeanMetricWrapper):
+    """The mean of a certificate function, with validated hyper-parameters.
+
+    `hyperparameters` (already validated by the subclass) are passed to
+    `fn` on every update, stored as attributes and returned by
+    `get_config`. Larger is better for every certificate metric.
+    """
+
+    def __init__(self, fn, name, dtype, **hyperparameters):
+        super().__init__(fn, name=name, dtype=dtype, **hyperparameters)
+        for key, value in hyperparameters.items():
+            setattr(self, key, value)
+        self._hyperparameter_names = tuple(hyperparameters)
+        self._direction = "up"
+
+    def get_config(self):
+        config = {"name": self.name, "dtype": self.dtype}
+        for key in self._hyperparameter_names:
+            config[key] = getattr(self, key)
+        return config
+
+
 @keras_lipschitz_export
-class CertifiedAccuracy(keras.metrics.MeanMetricWrapper):
+class CertifiedAccuracy(_CertificateMetric):
     """Fraction of samples correctly classified and certified at `epsilon`.
 
     The mean of `certified_accuracy`: a sample counts when its margin
@@ -197,23 +219,10 @@ class CertifiedAccuracy(keras.metrics.MeanMetricWrapper):
             norm=norm,
             lipschitz=lipschitz,
         )
-        self.epsilon = epsilon
-        self.norm = norm
-        self.lipschitz = lipschitz
-        self._direction = "up"
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "dtype": self.dtype,
-            "epsilon": self.epsilon,
-            "norm": self.norm,
-            "lipschitz": self.lipschitz,
-        }
 
 
 @keras_lipschitz_export
-class MeanCertifiedRadius(keras.metrics.MeanMetricWrapper):
+class MeanCertifiedRadius(_CertificateMetric):
     """Mean certified radius, counting 0 for misclassified samples.
 
     The mean of `certified_radius`: $M/(\\sqrt{2}L)$ (`norm="l2"`) or
@@ -256,19 +265,6 @@ class MeanCertifiedRadius(keras.metrics.MeanMetricWrapper):
             lipschitz=lipschitz,
             negative_robustness=negative_robustness,
         )
-        self.norm = norm
-        self.lipschitz = lipschitz
-        self.negative_robustness = negative_robustness
-        self._direction = "up"
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "dtype": self.dtype,
-            "norm": self.norm,
-            "lipschitz": self.lipschitz,
-            "negative_robustness": self.negative_robustness,
-        }
 
 
 # --------------------------------------------------------------------------
@@ -360,7 +356,7 @@ def binary_certified_accuracy(y_true, y_pred, epsilon, lipschitz=1.0):
 
 
 @keras_lipschitz_export
-class BinaryCertifiedAccuracy(keras.metrics.MeanMetricWrapper):
+class BinaryCertifiedAccuracy(_CertificateMetric):
     """Fraction of binary predictions correct and certified at `epsilon`.
 
     The mean of `binary_certified_accuracy`: a sample counts when
@@ -398,21 +394,10 @@ class BinaryCertifiedAccuracy(keras.metrics.MeanMetricWrapper):
             epsilon=epsilon,
             lipschitz=lipschitz,
         )
-        self.epsilon = epsilon
-        self.lipschitz = lipschitz
-        self._direction = "up"
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "dtype": self.dtype,
-            "epsilon": self.epsilon,
-            "lipschitz": self.lipschitz,
-        }
 
 
 @keras_lipschitz_export
-class BinaryMeanCertifiedRadius(keras.metrics.MeanMetricWrapper):
+class BinaryMeanCertifiedRadius(_CertificateMetric):
     """Mean certified radius $s\\,f/L$ of a binary classifier.
 
     The mean of `binary_certified_radius` (deel-lip's
@@ -450,14 +435,3 @@ class BinaryMeanCertifiedRadius(keras.metrics.MeanMetricWrapper):
             lipschitz=lipschitz,
             negative_robustness=negative_robustness,
         )
-        self.lipschitz = lipschitz
-        self.negative_robustness = negative_robustness
-        self._direction = "up"
-
-    def get_config(self):
-        return {
-            "name": self.name,
-            "dtype": self.dtype,
-            "lipschitz": self.lipschitz,
-            "negative_robustness": self.negative_robustness,
-        }
