@@ -266,6 +266,37 @@ struct RealPower {
   }
 };
 
+// p = P, a power of two above 8 (16, 32, 64), by repeated squaring: the
+// real-power path (two passes, t = 1 exactly at the peak, so t <= 1 and
+// nothing overflows) with t^P by log2(P) squarings instead of exp(P log t),
+// about 9x cheaper at P = 16 (benchmarks/linf_throughput.py). Rounding
+// costs about P ulps, as for the small integer powers.
+template <int P, bool SKIP>
+struct SquaringPower {
+  static constexpr bool kOnePass = false;
+  float negligible;
+  void add_term(vf& acc, vf z, float c, float peak) const {
+    const vf a = vabs(z);
+    if constexpr (SKIP) {
+      if (!any_above(a * c, negligible)) return;
+    }
+    acc += powi<P>(RealPower<false>::ratio(a, c, peak));
+  }
+  void add_slope(vf z, float c, float peak, vf g, vf& gx, vf& gw) const {
+    const vf a = vabs(z);
+    if constexpr (SKIP) {
+      if (!any_above(a * c, negligible)) return;
+    }
+    const vf r = powi<P - 1>(RealPower<false>::ratio(a, c, peak));
+    const vf u = (vf)((vi)r | ((vi)z & (int32_t)0x80000000)) * g;
+    gx += u;
+    gw += u;
+  }
+  float root(float s) const {
+    return static_cast<float>(std::pow(static_cast<double>(s), 1.0 / P));
+  }
+};
+
 // ------------------------------------------------------------ threads, memory
 
 template <class F>
@@ -767,8 +798,22 @@ void with_power(double p, double exponent, int64_t terms, const F& f) {
   // t^exponent < 2^-24 / terms for t below this bound.
   const double negligible =
       std::exp2(-(24.0 + std::log2(static_cast<double>(terms))) / exponent);
+  const bool skip = negligible >= kSkipFrom;
+  const float bound = static_cast<float>(negligible);
+  if (r == p && (r == 16.0 || r == 32.0 || r == 64.0)) {
+    if (r == 16.0) {
+      return skip ? f(SquaringPower<16, true>{bound})
+                  : f(SquaringPower<16, false>{bound});
+    }
+    if (r == 32.0) {
+      return skip ? f(SquaringPower<32, true>{bound})
+                  : f(SquaringPower<32, false>{bound});
+    }
+    return skip ? f(SquaringPower<64, true>{bound})
+                : f(SquaringPower<64, false>{bound});
+  }
   // Skipping pays when most vectors fall below the bound (large p).
-  if (negligible >= kSkipFrom) {
+  if (skip) {
     return f(RealPower<true>{static_cast<float>(p),
                              static_cast<float>(negligible)});
   }
