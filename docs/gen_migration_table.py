@@ -69,7 +69,7 @@ def render():
             lines += [
                 "### `lip.activations`",
                 "",
-                f"{names}: the same functions as in `lip.layers` "
+                f"{names}: the same objects as in `lip.layers` "
                 "(deel-lip re-exports them there too).",
                 "",
             ]

@@ -18,10 +18,10 @@ def _plain_dense(layer):
 
 
 def _plain_conv(layer):
+    """A plain `Conv2D`, `Conv1D` or `Conv2DTranspose` twin of `layer`."""
     kernel = layer.effective_kernel()
-    plain = keras.layers.Conv2D(
-        layer.filters,
-        layer.kernel_size,
+    rank = len(layer.kernel_size)
+    common = dict(
         strides=layer.strides,
         padding=layer.padding,
         data_format=layer.data_format,
@@ -30,11 +30,26 @@ def _plain_conv(layer):
         name=layer.name,
         dtype=layer.dtype_policy,
     )
-    channels = kernel.shape[2]
-    if layer.data_format == "channels_first":
-        plain.build((None, channels, None, None))
+    if getattr(layer, "_transpose", False):
+        plain = keras.layers.Conv2DTranspose(
+            layer.filters, layer.kernel_size, **common
+        )
+        channels = kernel.shape[-1]
     else:
-        plain.build((None, None, None, channels))
+        groups = getattr(layer, "groups", 1)
+        conv = keras.layers.Conv1D if rank == 1 else keras.layers.Conv2D
+        plain = conv(
+            layer.filters,
+            layer.kernel_size,
+            dilation_rate=getattr(layer, "dilation_rate", 1),
+            groups=groups,
+            **common,
+        )
+        channels = kernel.shape[-2] * groups
+    if layer.data_format == "channels_first":
+        plain.build((None, channels) + (None,) * rank)
+    else:
+        plain.build((None,) + (None,) * rank + (channels,))
     return plain, kernel
 
 
@@ -45,9 +60,19 @@ def _exporter(layer):
 
     if isinstance(layer, dense._LipschitzDense):
         return _plain_dense
+    if hasattr(layer, "_vanilla_twin"):
+        # Layers that build their own plain twin (`(plain, kernel)`, e.g.
+        # the orthogonal convolutions); those that cannot (circular
+        # padding) are kept as they are.
+        if not layer._vanilla_exportable:
+            return None
+        return type(layer)._vanilla_twin
     from keras_lipschitz.layers import conv
 
     if isinstance(layer, conv._LipschitzConv2D):
+        # Keras has no circular padding: such a layer stays as it is.
+        if layer.padding == "circular":
+            return None
         return _plain_conv
     return None
 
@@ -56,9 +81,13 @@ def vanilla_export(model):
     """Returns an equivalent model made of plain Keras layers.
 
     Every constrained dense layer becomes a `keras.layers.Dense`, and every
-    constrained convolution a `keras.layers.Conv2D`, carrying the
+    constrained convolution a `keras.layers.Conv2D` (`Conv1D`,
+    `Conv2DTranspose`, with its dilation and groups), carrying the
     constrained kernel the layer uses in inference mode (`effective_kernel()`)
-    and the same bias and activation. Other layers (activations, pooling,
+    and the same bias and activation. Keras has no circular padding, so a
+    convolution with `padding="circular"` is kept as it is (cloned with its
+    weights and state): its outputs are the same, but it still runs its
+    normalization at inference. Other layers (activations, pooling,
     `Flatten`, nested models, ...) are cloned with their weights. The
     exported model has no power-iteration state and no normalization work,
     so inference runs at the speed of a plain model, and it needs nothing

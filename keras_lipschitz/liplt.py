@@ -243,6 +243,16 @@ def _layer_items(layer, in_shape, out_shape):
     ):
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise _unsupported(layer, "only data_format='channels_last'")
+        if is_library_conv and (
+            len(getattr(layer, "kernel_size", ())) != 2
+            or getattr(layer, "_transpose", False)
+            or getattr(layer, "padding", "same") not in ("same", "valid")
+        ):
+            raise _unsupported(
+                layer,
+                "only 2-D, non-transposed convolutions with 'same' or "
+                "'valid' zero padding",
+            )
         if tuple(getattr(layer, "dilation_rate", (1, 1))) != (1, 1) or (
             getattr(layer, "groups", 1) != 1
         ):

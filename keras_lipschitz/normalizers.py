@@ -252,28 +252,76 @@ def bjorck_orthonormalize(matrix, iterations, beta=0.5):
     A fixed count (no tolerance-based stop) keeps the function
     reverse-differentiable on JAX.
 
+    A tensor of rank above 2 is a batch of matrices (the last two axes),
+    each orthonormalized independently (`batched_power_iteration` gives
+    the matching pre-scaling).
+
     Args:
-        matrix: float tensor of rank 2, pre-scaled so that its spectral
-            norm is at most 1 (at most 2 keeps the output 1-Lipschitz).
+        matrix: float tensor of rank >= 2, pre-scaled so that the spectral
+            norm of each matrix is at most 1 (at most 2 keeps the output
+            1-Lipschitz).
         iterations: Python int, number of steps.
         beta: float in (0, 0.5].
 
     Returns:
         A tensor of the same shape.
     """
-    rows, cols = matrix.shape
+    rows, cols = matrix.shape[-2:]
     tall = rows is None or cols is None or rows >= cols
     w = matrix
     for _ in range(iterations):
         if tall:
             w = (1.0 + beta) * w - beta * ops.matmul(
-                w, ops.matmul(ops.transpose(w), w)
+                w, ops.matmul(ops.swapaxes(w, -1, -2), w)
             )
         else:
             w = (1.0 + beta) * w - beta * ops.matmul(
-                ops.matmul(w, ops.transpose(w)), w
+                ops.matmul(w, ops.swapaxes(w, -1, -2)), w
             )
     return w
+
+
+def batched_power_iteration(matrices, u, iterations):
+    """`power_iteration_dense` on a batch of matrices, one vector each.
+
+    For matrices $W_b$ on the last two axes of `matrices` (shape
+    `(..., m, n)`, Keras convention $y = xW_b$) and row vectors $u_b$ of
+    shape `(..., 1, n)`, each step is
+    $v_b \leftarrow u_bW_b^T/\|u_bW_b^T\|$,
+    $u_b \leftarrow v_bW_b/\|v_bW_b\|$ (norms per matrix), and the
+    estimate is $\hat\sigma_b = \|v_bW_b\|$ from the last step, computed
+    with the differentiable `matrices` while $v_b$ is gradient-stopped (its
+    gradient is $v_b^Tu_b$ at convergence, as in Miyato et al., ICLR 2018).
+    Each $\hat\sigma_b \le \sigma_{max}(W_b)$: a lower bound, tight
+    once converged.
+
+    Args:
+        matrices: float tensor `(..., m, n)`.
+        u: float tensor `(..., 1, n)`, the warm starts (any nonzero norms).
+        iterations: Python int >= 1, the fixed number of steps.
+
+    Returns:
+        `(u_new, sigma)`: the gradient-stopped new vectors `(..., 1, n)`
+        and the differentiable estimates `(..., 1, 1)`.
+    """
+
+    def normalize(x):
+        return x * ops.rsqrt(
+            ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), EPSILON)
+        )
+
+    matrices = ops.convert_to_tensor(matrices)
+    w = ops.stop_gradient(matrices)
+    u = normalize(ops.stop_gradient(ops.convert_to_tensor(u)))
+    for _ in range(iterations - 1):
+        v = normalize(ops.matmul(u, ops.swapaxes(w, -1, -2)))
+        u = normalize(ops.matmul(v, w))
+    v = normalize(ops.matmul(u, ops.swapaxes(w, -1, -2)))
+    t = ops.matmul(v, matrices)
+    sigma = ops.sqrt(
+        ops.maximum(ops.sum(ops.square(t), axis=-1, keepdims=True), EPSILON)
+    )
+    return ops.stop_gradient(t / sigma), sigma
 
 
 def rko_correction_factor(kernel_size, strides):

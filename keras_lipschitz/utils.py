@@ -13,10 +13,12 @@ the operator fits in memory:
 - convolutions (plain `Conv2D` and every keras-lipschitz convolution with
   `effective_kernel()` and `filters`): the SVD of the explicit matrix of
   the zero-padded, strided convolution on the layer's input size
-  (`keras_lipschitz.bounds.conv_operator_matrix`; `PadConv2D` includes
-  its padding). Above `max_input_dim` input coordinates the matrix is not
-  formed: the result is `(None, upper)` with `upper` the layer's
-  guaranteed bound;
+  (`keras_lipschitz.bounds.conv_operator_matrix`, or the layer's own
+  `operator_matrix()` where it has one: `PadConv2D`'s padding, and the
+  circular or causal padding, dilation, groups and transposition of the
+  1-D, 2-D and transposed convolutions). Above `max_input_dim` input
+  coordinates the matrix is not formed: the result is `(None, upper)`
+  with `upper` the layer's guaranteed bound;
 - the sorting and Householder activations and `MaxMin`: gradient norm
   preserving, so `(L, L)` with $L$ their `lipschitz`; `ReLU` `(0, 1)`;
   `BatchNormalization` the extreme absolute scales; `Add` of $n$ inputs
@@ -93,7 +95,7 @@ def _sv_dense(layer, input_shape):
 def _sv_conv(layer, input_shape, max_input_dim):
     size = _input_spatial(layer, input_shape)
     kernel = _kernel(layer)
-    if size is None or size[0] * size[1] * kernel.shape[2] > max_input_dim:
+    if size is None or int(np.prod(size)) * kernel.shape[-2] > max_input_dim:
         bound = getattr(layer, "lipschitz_upper_bound", None)
         if bound is not None:
             try:

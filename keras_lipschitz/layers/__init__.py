@@ -7,10 +7,15 @@ from keras_lipschitz.layers.activations import Householder
 from keras_lipschitz.layers.activations import MaxMin
 from keras_lipschitz.layers.aol import AOLConv2D
 from keras_lipschitz.layers.aol import AOLDense
+from keras_lipschitz.layers.cayley import CayleyConv2D
+from keras_lipschitz.layers.conv import BjorckConv1D
 from keras_lipschitz.layers.conv import BjorckConv2D
+from keras_lipschitz.layers.conv import BjorckConv2DTranspose
 from keras_lipschitz.layers.conv import FrobeniusConv2D
 from keras_lipschitz.layers.conv import PadConv2D
+from keras_lipschitz.layers.conv import SpectralConv1D
 from keras_lipschitz.layers.conv import SpectralConv2D
+from keras_lipschitz.layers.conv import SpectralConv2DTranspose
 from keras_lipschitz.layers.cpl import CPLConv2D
 from keras_lipschitz.layers.cpl import CPLDense
 from keras_lipschitz.layers.dense import BjorckDense
@@ -21,6 +26,9 @@ from keras_lipschitz.layers.linf import LinfDistDense
 from keras_lipschitz.layers.linf import LogitScale
 from keras_lipschitz.layers.linf import SortNetDense
 from keras_lipschitz.layers.liresnet import LiResConv2D
+from keras_lipschitz.layers.orthogonal_conv import AOCConv2D
+from keras_lipschitz.layers.orthogonal_conv import AOCConv2DTranspose
+from keras_lipschitz.layers.orthogonal_conv import BCOPConv2D
 from keras_lipschitz.layers.normalization import BatchCentering
 from keras_lipschitz.layers.normalization import BatchLipNorm
 from keras_lipschitz.layers.normalization import LayerCentering
@@ -39,12 +47,18 @@ from keras_lipschitz.layers.soc import SOCConv2D
 from keras_lipschitz.layers.soc import SOCDense
 
 __all__ = [
+    "AOCConv2D",
+    "AOCConv2DTranspose",
     "AOLConv2D",
     "AOLDense",
     "BatchCentering",
     "BatchLipNorm",
+    "BCOPConv2D",
+    "BjorckConv1D",
     "BjorckConv2D",
+    "BjorckConv2DTranspose",
     "BjorckDense",
+    "CayleyConv2D",
     "ConcatResidual",
     "CPLConv2D",
     "CPLDense",
@@ -74,6 +88,8 @@ __all__ = [
     "SOCConv2D",
     "SOCDense",
     "SortNetDense",
+    "SpectralConv1D",
     "SpectralConv2D",
+    "SpectralConv2DTranspose",
     "SpectralDense",
 ]

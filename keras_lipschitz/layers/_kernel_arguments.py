@@ -58,12 +58,13 @@ def kernel_arguments_config(layer):
     return config
 
 
-def add_kernel_and_bias(layer, kernel_shape):
+def add_kernel_and_bias(layer, kernel_shape, bias_units=None):
     """Creates `layer.kernel` (float32, raw) and `layer.bias` (or None).
 
     The raw kernel is kept in float32 under mixed precision
     (`autocast=False`) so the normalization maths never runs in float16.
-    The bias has one entry per output, the kernel's last dimension.
+    The bias has one entry per output: `bias_units`, by default the
+    kernel's last dimension (a transposed conv's outputs are not).
     """
     layer.kernel = layer.add_weight(
         name="kernel",
@@ -77,7 +78,7 @@ def add_kernel_and_bias(layer, kernel_shape):
     if layer.use_bias:
         layer.bias = layer.add_weight(
             name="bias",
-            shape=(kernel_shape[-1],),
+            shape=(kernel_shape[-1] if bias_units is None else bias_units,),
             initializer=layer.bias_initializer,
             regularizer=layer.bias_regularizer,
             constraint=layer.bias_constraint,

@@ -268,6 +268,16 @@ class AOLConv2D(_LipschitzConv2D):
     them and recommends space-to-depth, e.g. `InvertibleDownSampling`, then
     a stride-1 AOL).
 
+    **Circular padding** (`padding="circular"`, spatial sizes multiples of
+    the strides): the Gram operator of a circular conv on the torus has the
+    blocks $\sum_{s' \equiv s}M_{ij}(s')$ (shifts taken modulo the size),
+    whose absolute row sums are at most $\sum_j\sum_s|M_{ij}(s)|$, so the
+    same Schur test holds on every torus, and a stride only subsamples the
+    rows. The input is wrapped around (Keras's "same" amounts) and then
+    convolved with "valid" padding; a layer built with a static size
+    accepts only that size (its float64 bound is the exact circular norm
+    there), a layer built with `None` spatial dimensions any size.
+
     **Initialization** (official default): `kernel_initializer=None` sets
     the centre tap to an orthogonal (`c_in <= filters`) or repeated-orthogonal
     matrix and every other tap to zero, so at stride 1 the layer starts with
@@ -286,7 +296,7 @@ class AOLConv2D(_LipschitzConv2D):
         filters: positive int, number of output channels.
         kernel_size: int or tuple of 2 ints.
         strides: int or tuple of 2 ints.
-        padding: `"same"` or `"valid"` (zero padding).
+        padding: `"same"`, `"valid"` (zero padding) or `"circular"`.
         data_format: `"channels_last"`, `"channels_first"` or None. The
             kernel layout is always `(k_h, k_w, c_in, filters)`.
         lipschitz: positive float.
@@ -315,6 +325,8 @@ class AOLConv2D(_LipschitzConv2D):
     >>> bool(layer.lipschitz_upper_bound() <= 1.0 + 1e-6)
     True
     """
+
+    _paddings = ("same", "valid", "circular")
 
     def __init__(
         self,

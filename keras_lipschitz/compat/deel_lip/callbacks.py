@@ -4,7 +4,12 @@ import keras
 import numpy as np
 
 from keras_lipschitz import callbacks as _callbacks
+from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
 from keras_lipschitz.compat.deel_lip._mapping import maps_to
+
+
+class _NoCondenseCallback(keras.callbacks.Callback):
+    """A callback that does nothing (there is nothing to condense)."""
 
 
 @maps_to(
@@ -14,9 +19,10 @@ from keras_lipschitz.compat.deel_lip._mapping import maps_to
     "never written back.",
     status="adapted",
 )
+@deel_lip_class(_NoCondenseCallback)
 def CondenseCallback(on_epoch=True, on_batch=False):
     """deel-lip's `CondenseCallback`: nothing to do here (a no-op callback)."""
-    return keras.callbacks.Callback()
+    return _NoCondenseCallback()
 
 
 @maps_to(
@@ -28,6 +34,7 @@ def CondenseCallback(on_epoch=True, on_batch=False):
     "(deel-lip writes TensorFlow summaries).",
     status="adapted",
 )
+@deel_lip_class(_callbacks.MonitorCallback)
 def MonitorCallback(
     monitored_layers,
     logdir,
@@ -65,6 +72,7 @@ def MonitorCallback(
     "`xp`/`fp`.",
     status="adapted",
 )
+@deel_lip_class(_callbacks.LossParamScheduler)
 def LossParamScheduler(param_name, fp, xp, step=0):
     """deel-lip's `LossParamScheduler` (linear interpolation per batch)."""
     xp = list(xp)
@@ -81,6 +89,7 @@ def LossParamScheduler(param_name, fp, xp, step=0):
 @maps_to(
     "callbacks", "`LossParamLog(param_name, rate)`", "Also logs the value."
 )
+@deel_lip_class(_callbacks.LossParamLog)
 def LossParamLog(param_name, rate=1):
     """deel-lip's `LossParamLog`: `keras_lipschitz.callbacks.LossParamLog`."""
     return _callbacks.LossParamLog(param_name, rate=rate)

@@ -6,10 +6,12 @@ so constrained is certified from its actual weights by
 """
 
 from keras_lipschitz import constraints as _constraints
+from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
 from keras_lipschitz.compat.deel_lip._mapping import maps_to
 
 
 @maps_to("constraints", "`WeightClipConstraint(clip_value=c)`", "")
+@deel_lip_class(_constraints.WeightClipConstraint)
 def WeightClipConstraint(c=2):
     """deel-lip's `WeightClipConstraint(c)`: clip to `[-c, c]`.
 
@@ -26,6 +28,7 @@ def WeightClipConstraint(c=2):
     "guaranteed Frobenius bound $s$ (clip at $s/\\sqrt n$), so it is passed "
     "as `1/scale`: same clipping.",
 )
+@deel_lip_class(_constraints.AutoWeightClipConstraint)
 def AutoWeightClipConstraint(scale=1):
     """deel-lip's `AutoWeightClipConstraint(scale)`: clip at `1/(scale √n)`.
 
@@ -37,6 +40,7 @@ def AutoWeightClipConstraint(scale=1):
 
 
 @maps_to("constraints", "`FrobeniusConstraint(epsilon=eps)`", "")
+@deel_lip_class(_constraints.FrobeniusConstraint)
 def FrobeniusConstraint(eps=1e-7):
     """deel-lip's `FrobeniusConstraint`: `W / (||W||_F + eps)`.
 
@@ -55,6 +59,7 @@ def FrobeniusConstraint(eps=1e-7):
     "(stateless).",
     status="sound",
 )
+@deel_lip_class(_constraints.SpectralConstraint)
 def SpectralConstraint(
     k_coef_lip=1.0,
     eps_spectral=1e-3,

@@ -1,6 +1,7 @@
 """deel-lip's `deel.lip.initializers`."""
 
 from keras_lipschitz import initializers as _initializers
+from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
 from keras_lipschitz.compat.deel_lip._mapping import maps_to
 
 
@@ -11,6 +12,7 @@ from keras_lipschitz.compat.deel_lip._mapping import maps_to
     "before a fixed 15 Björck steps (`eps_bjorck=None`: 0 steps). "
     "`eps_spectral`, `eps_bjorck` are tolerances and are not needed.",
 )
+@deel_lip_class(_initializers.SpectralInitializer)
 def SpectralInitializer(
     eps_spectral=1e-3,
     eps_bjorck=1e-3,

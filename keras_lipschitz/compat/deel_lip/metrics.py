@@ -13,6 +13,7 @@ guaranteed bound from the model itself.
 """
 
 from keras_lipschitz import metrics as _metrics
+from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
 from keras_lipschitz.compat.deel_lip._mapping import maps_to
 
 _TRUST = (
@@ -32,6 +33,7 @@ def _norm(disjoint_neurons):
     "`disjoint_neurons=True` (deel-lip's default) is `norm=\"linf\"` "
     "(margin $/2L$), `False` is `norm=\"l2\"` (margin $/\\sqrt2L$). " + _TRUST,
 )
+@deel_lip_class(_metrics.CertifiedAccuracy)
 def CategoricalProvableRobustAccuracy(
     epsilon=36 / 255,
     lip_const=1.0,
@@ -53,6 +55,7 @@ def CategoricalProvableRobustAccuracy(
     "`BinaryCertifiedAccuracy(epsilon, lipschitz=lip_const)`",
     _TRUST,
 )
+@deel_lip_class(_metrics.BinaryCertifiedAccuracy)
 def BinaryProvableRobustAccuracy(
     epsilon=36 / 255,
     lip_const=1.0,
@@ -70,6 +73,7 @@ def BinaryProvableRobustAccuracy(
     "`MeanCertifiedRadius(norm, lipschitz=lip_const, negative_robustness)`",
     "`disjoint_neurons` as above. " + _TRUST,
 )
+@deel_lip_class(_metrics.MeanCertifiedRadius)
 def CategoricalProvableAvgRobustness(
     lip_const=1.0,
     disjoint_neurons=True,
@@ -91,6 +95,7 @@ def CategoricalProvableAvgRobustness(
     "`BinaryMeanCertifiedRadius(lipschitz=lip_const, negative_robustness)`",
     _TRUST,
 )
+@deel_lip_class(_metrics.BinaryMeanCertifiedRadius)
 def BinaryProvableAvgRobustness(
     lip_const=1.0,
     negative_robustness=False,

@@ -9,16 +9,44 @@ from keras_lipschitz.compat.deel_lip._mapping import maps_to
 from keras_lipschitz.export import vanilla_export
 from keras_lipschitz.layers import _validation
 
-# Keras layers deel-lip's Sequential accepts without a warning.
+# Keras layers deel-lip's Sequential accepts without a warning (always).
 _ONE_LIPSCHITZ_KERAS_LAYERS = (
     keras.layers.InputLayer,
     keras.layers.Flatten,
     keras.layers.Reshape,
     keras.layers.Softmax,
-    keras.layers.ReLU,
-    keras.layers.Activation,
-    keras.layers.MaxPooling2D,
 )
+# Activations that are 1-Lipschitz (deel-lip's list).
+_ONE_LIPSCHITZ_ACTIVATIONS = (
+    keras.activations.linear,
+    keras.activations.relu,
+    keras.activations.sigmoid,
+    keras.activations.tanh,
+)
+
+
+def _is_one_lipschitz_keras_layer(layer):
+    """deel-lip's check of a plain Keras layer, with its parameters.
+
+    Max pooling is 1-Lipschitz only without overlapping windows
+    (`pool_size <= strides`; with overlap an input is in several windows),
+    `ReLU` only with `threshold == 0` and `negative_slope <= 1`, and
+    `Activation` only for linear, ReLU, sigmoid and tanh (GELU, for one,
+    has a slope above 1).
+    """
+    if isinstance(layer, _ONE_LIPSCHITZ_KERAS_LAYERS):
+        return True
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        return all(
+            p <= s for p, s in zip(layer.pool_size, layer.strides)
+        )
+    if isinstance(layer, keras.layers.ReLU):
+        return float(layer.threshold) == 0.0 and (
+            float(layer.negative_slope) <= 1.0
+        )
+    if isinstance(layer, keras.layers.Activation):
+        return layer.activation in _ONE_LIPSCHITZ_ACTIVATIONS
+    return False
 
 
 def _is_lipschitz_layer(layer):
@@ -52,8 +80,8 @@ def spread_lipschitz(layers, k_coef_lip):
     ]
     lipschitz_layers = [layer for layer in layers if _is_lipschitz_layer(layer)]
     for layer in layers:
-        if not _is_lipschitz_layer(layer) and not isinstance(
-            layer, _ONE_LIPSCHITZ_KERAS_LAYERS
+        if not _is_lipschitz_layer(layer) and not (
+            _is_one_lipschitz_keras_layer(layer)
         ):
             warnings.warn(
                 "Sequential model contains a layer which is not a "

@@ -116,12 +116,69 @@ def reshaped_kernel_orthogonalization(
     return ops.reshape(w_bar * adjustment_coef, shape), u, sigma
 
 
+def _zero_upscale(x, stride):
+    """Inserts `stride - 1` zeros after every pixel (channels last)."""
+    if stride == 1:
+        return x
+    batch, height, width, channels = (int(d) for d in x.shape)
+    zeros = ops.zeros_like(x)
+    # Rows: (B, H, 1, W, C) with zero rows after each -> (B, H s, W, C).
+    x = ops.stack([x] + [zeros] * (stride - 1), axis=2)
+    x = ops.reshape(x, (batch, height * stride, width, channels))
+    zeros = ops.zeros_like(x)
+    x = ops.stack([x] + [zeros] * (stride - 1), axis=3)
+    return ops.reshape(x, (batch, height * stride, width * stride, channels))
+
+
+def _conv_operators(kernel, u_shape, stride, conv_first, pad_func):
+    """deel-lip's `get_conv_operators`: the convolution and its adjoint."""
+    k = tuple(int(d) for d in kernel.shape[:2])
+
+    if pad_func is None:
+
+        def conv(x):
+            return ops.conv(x, kernel, stride, "same", "channels_last")
+
+        def conv_t(y, size):
+            padding = _normalizers.conv_transpose_output_padding(
+                size, k, (stride, stride), "same"
+            )
+            return ops.conv_transpose(
+                y, kernel, stride, "same", output_padding=padding,
+                data_format="channels_last",
+            )
+
+    else:
+
+        def conv(x):
+            return ops.conv(
+                pad_func(x), kernel, stride, "valid", "channels_last"
+            )
+
+        # deel-lip's adjoint: zero upscaling, then the padded convolution
+        # with the flipped transposed kernel (the exact adjoint for circular
+        # padding).
+        flipped = ops.flip(ops.transpose(kernel, (0, 1, 3, 2)), axis=(0, 1))
+
+        def conv_t(y, size):
+            y = pad_func(_zero_upscale(y, stride))
+            return ops.conv(y, flipped, 1, "valid", "channels_last")
+
+    if conv_first:
+        size = tuple(int(d) for d in u_shape[1:3])
+        return conv, lambda y: conv_t(y, size)
+    size = tuple(int(d) * stride for d in u_shape[1:3])
+    return (lambda y: conv_t(y, size)), conv
+
+
 @maps_to(
     "normalizers",
     "`keras_lipschitz.normalizers.power_iteration_conv`",
-    "Zero \"same\" padding (`pad_func=None`) only; `conv_first=False` (the "
-    "transposed operator) is supported. `eps < 0` returns the kernel "
-    "unchanged, as in deel-lip; no random jitter is added to `u`.",
+    "Zero \"same\" padding, or deel-lip's `pad_func` then a \"valid\" "
+    "convolution (its adjoint, as in deel-lip, is exact for circular "
+    "padding); `conv_first=False` (the transposed operator) is supported. "
+    "`eps < 0` returns the kernel unchanged, as in deel-lip; `maxiter` "
+    "steps, and no random jitter is added to `u`.",
     status="adapted",
 )
 def spectral_normalization_conv(
@@ -135,13 +192,21 @@ def spectral_normalization_conv(
 ):
     """deel-lip's `spectral_normalization_conv` (channels last).
 
+    Power iteration on the convolution operator (or its transpose) from
+    `u`; `sigma` estimates its largest singular value from below.
+
     Args:
         kernel: `(k_h, k_w, c_in, c_out)`.
         u: `(1, H, W, c_in)` if `conv_first`, else `(1, H, W, c_out)`.
         stride: int stride.
         conv_first: whether the operator is the convolution (else its
             transpose).
-        pad_func: only None (zero "same" padding).
+        pad_func: None (zero "same" padding) or a function padding a
+            channels-last tensor before a "valid" convolution (deel-lip's
+            convention; e.g. `partial(lip.utils._padding_circular,
+            circular_paddings=(k_h // 2, k_w // 2))`). The adjoint is
+            deel-lip's (zero upscaling, then the padded convolution with
+            the flipped kernel), exact for circular padding.
         eps: safety margin of the division; `eps < 0` returns the kernel.
         maxiter: number of power-iteration steps.
 
@@ -150,49 +215,11 @@ def spectral_normalization_conv(
     """
     if eps < 0:
         return kernel, u, 1.0
-    if pad_func is not None:
-        raise NotImplementedError(
-            "spectral_normalization_conv supports pad_func=None (zero 'same' "
-            "padding) only."
-        )
     kernel = ops.convert_to_tensor(kernel)
     u = ops.convert_to_tensor(u)
-    s = int(stride)
-    k = tuple(int(d) for d in kernel.shape[:2])
-
-    def conv(x):
-        return ops.conv(x, kernel, s, "same", data_format="channels_last")
-
-    if conv_first:
-        size = tuple(int(d) for d in u.shape[1:3])
-        padding = _normalizers.conv_transpose_output_padding(
-            size, k, (s, s), "same"
-        )
-
-        def forward(x):
-            return conv(x)
-
-        def adjoint(y):
-            return ops.conv_transpose(
-                y, kernel, s, "same", output_padding=padding,
-                data_format="channels_last",
-            )
-
-    else:
-        size = tuple(int(d) * s for d in u.shape[1:3])
-        padding = _normalizers.conv_transpose_output_padding(
-            size, k, (s, s), "same"
-        )
-
-        def forward(y):
-            return ops.conv_transpose(
-                y, kernel, s, "same", output_padding=padding,
-                data_format="channels_last",
-            )
-
-        def adjoint(x):
-            return conv(x)
-
+    forward, adjoint = _conv_operators(
+        kernel, tuple(u.shape), int(stride), conv_first, pad_func
+    )
     u = _normalizers.l2_normalize(ops.stop_gradient(u))
     for _ in range(maxiter):
         u = _normalizers.l2_normalize(adjoint(forward(u)))

@@ -1,38 +1,118 @@
 """deel-lip's `deel.lip.regularizers`, as `keras_lipschitz.regularizers`."""
 
-from keras_lipschitz import regularizers as _regularizers
-from keras_lipschitz.compat.deel_lip._mapping import maps_to
-from keras_lipschitz.regularizers import Lorth2D
+import keras
 
-maps_to(
+from keras_lipschitz import regularizers as _regularizers
+from keras_lipschitz.compat.deel_lip._classes import DeelLipAssertionError
+from keras_lipschitz.compat.deel_lip._classes import DeelLipValueError
+from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
+from keras_lipschitz.compat.deel_lip._classes import reraise_as
+from keras_lipschitz.compat.deel_lip._mapping import maps_to
+
+
+def _reraise_shape_error(error):
+    # deel-lip asserts odd kernels and raises RuntimeError for impossible
+    # orthogonal convolutions; both stay ValueErrors here.
+    if "odd kernel" in str(error):
+        reraise_as(DeelLipAssertionError, error)
+    reraise_as(DeelLipValueError, error)
+
+
+@maps_to(
     "regularizers",
-    "`keras_lipschitz.regularizers.Lorth2D`",
-    "Same attributes (`kernel_shape`, `padding`, `delta`, `compute_lorth`); "
-    "impossible shapes and even kernels raise `ValueError` (deel-lip: "
-    "`RuntimeError` / `AssertionError`).",
-    status="adapted",
-)(Lorth2D)
+    "`keras_lipschitz.regularizers.Lorth2D` subclass",
+    "Same attributes (`kernel_shape`, `padding`, `delta`, `compute_lorth`). "
+    "Impossible shapes raise an error that is both a `ValueError` (ours) "
+    "and deel-lip's `RuntimeError`; even kernels, a `ValueError` that is "
+    "also deel-lip's `AssertionError`.",
+)
+class Lorth2D(_regularizers.Lorth2D):
+    """deel-lip's `Lorth2D`: `keras_lipschitz.regularizers.Lorth2D`.
+
+    Only the exception types differ from our class: an impossible
+    orthogonal convolution raises `DeelLipValueError` (a `ValueError` and a
+    `RuntimeError`, as in deel-lip), an even kernel size
+    `DeelLipAssertionError` (a `ValueError` and an `AssertionError`).
+
+    Args:
+        kernel_shape: `(k, k, C, M)` or None.
+        stride: int >= 1.
+        conv_transpose: bool.
+    """
+
+    def set_kernel_shape(self, shape):
+        """Sets the kernel shape; deel-lip's exception types."""
+        try:
+            super().set_kernel_shape(shape)
+        except ValueError as error:
+            _reraise_shape_error(error)
+
+
+@keras.saving.register_keras_serializable(
+    package="keras_lipschitz", name="DeelLipLorthRegularizer"
+)
+class _LorthRegularizer(_regularizers.LorthRegularizer):
+    """Our `LorthRegularizer` with deel-lip's attribute names.
+
+    `lambda_lorth` is our `factor` and `dim` is 2; `lorth` is the compat
+    `Lorth2D` (deel-lip's exception types).
+    """
+
+    def __init__(
+        self, kernel_shape=None, stride=1, factor=1.0, conv_transpose=False
+    ):
+        super().__init__(
+            kernel_shape=None,
+            stride=stride,
+            factor=factor,
+            conv_transpose=conv_transpose,
+        )
+        self.lorth = Lorth2D(kernel_shape, stride, conv_transpose)
+
+    @property
+    def lambda_lorth(self):
+        """deel-lip's name of `factor`."""
+        return self.factor
+
+    @property
+    def dim(self):
+        """Always 2 (deel-lip's `dim=1` raises `NotImplementedError`)."""
+        return 2
 
 
 @maps_to(
     "regularizers",
     "`LorthRegularizer(kernel_shape, stride, factor=lambda_lorth)`",
-    "`dim=1` raises `NotImplementedError`, as in deel-lip. The kernel shape "
-    "is read from the kernel when not given.",
+    "A subclass with deel-lip's `lambda_lorth` and `dim` attributes and "
+    "exception types (see `Lorth2D`). `dim=1` raises "
+    "`NotImplementedError`, as in deel-lip. The kernel shape is read from "
+    "the kernel when not given. A negative `lambda_lorth` raises "
+    "`ValueError` (deel-lip accepts it; it would reward non-orthogonality).",
+    status="adapted",
 )
+@deel_lip_class(_LorthRegularizer, _regularizers.LorthRegularizer)
 def LorthRegularizer(
     kernel_shape=None, stride=1, lambda_lorth=1.0, dim=2, conv_transpose=False
 ):
-    """deel-lip's `LorthRegularizer`.
+    """deel-lip's `LorthRegularizer`: $\lambda\,L_{orth}(K)$.
+
+    Args:
+        kernel_shape: `(k, k, C, M)` or None (read from the kernel).
+        stride: int >= 1.
+        lambda_lorth: float >= 0, our `factor` (deel-lip also accepts a
+            negative one).
+        dim: only 2.
+        conv_transpose: bool.
 
     Returns:
-        A `keras_lipschitz.regularizers.LorthRegularizer`.
+        A subclass of `keras_lipschitz.regularizers.LorthRegularizer` with
+        deel-lip's `lambda_lorth` and `dim` attributes.
     """
     if dim != 2:
         raise NotImplementedError(
             "Only 2D convolutions are supported for Lorth."
         )
-    return _regularizers.LorthRegularizer(
+    return _LorthRegularizer(
         kernel_shape=kernel_shape,
         stride=stride,
         factor=lambda_lorth,
@@ -43,6 +123,7 @@ def LorthRegularizer(
 @maps_to(
     "regularizers", "`OrthDenseRegularizer(factor=lambda_orth)`", ""
 )
+@deel_lip_class(_regularizers.OrthDenseRegularizer)
 def OrthDenseRegularizer(lambda_orth=1.0):
     """deel-lip's `OrthDenseRegularizer`: $\\lambda\\|G - I\\|_F^2$.
 

@@ -1,10 +1,13 @@
 """deel-lip's layers (`deel.lip.layers`), as keras-lipschitz layers.
 
-Every name is a function with deel-lip's signature that returns a layer of
-`keras_lipschitz.layers` (so `isinstance(x, lip.layers.SpectralDense)` is
-not available; `LipschitzLayer` and `Condensable` below are abstract
-classes that recognise our layers). Arguments that only tune deel-lip's
-iterations are accepted:
+Every name is a class with deel-lip's signature whose call returns a layer
+of `keras_lipschitz.layers` (`_classes.deel_lip_class`):
+`isinstance(x, lip.layers.SpectralDense)` is true for the layers it
+returns, and `issubclass(lip.layers.SpectralDense, LipschitzLayer)` follows
+deel-lip's hierarchy (`LipschitzLayer` and `Condensable` below also
+recognise our own layers). A bad argument raises a `ValueError` that is
+also a `RuntimeError`, as deel-lip raises either. Arguments that only tune
+deel-lip's iterations are accepted:
 
 - `eps_spectral`, `maxiter_spectral`: our power iteration is warm-started
   and runs one step per training call; in inference the kernel is divided
@@ -25,8 +28,8 @@ import keras
 
 from keras_lipschitz import layers as _layers
 from keras_lipschitz.compat.deel_lip import initializers as _initializers
+from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
 from keras_lipschitz.compat.deel_lip._mapping import maps_to
-from keras_lipschitz.compat.deel_lip._mapping import not_provided
 from keras_lipschitz.compat.deel_lip.layers import unconstrained
 from keras_lipschitz.compat.deel_lip.layers.activations import FullSort
 from keras_lipschitz.compat.deel_lip.layers.activations import GroupSort
@@ -80,7 +83,9 @@ class LipschitzLayer(abc.ABC):
 
     Any layer with a `lipschitz` factor and a `lipschitz_upper_bound()`
     (every constrained layer, activation and scaled pooling of
-    keras-lipschitz) is an instance. There is no `set_klip_factor`: set
+    keras-lipschitz) is an instance, and deel-lip's Lipschitz layer classes
+    of this module (`SpectralDense`, the activations, the scaled pooling
+    layers, ...) are subclasses. There is no `set_klip_factor`: set
     `layer.lipschitz` before the layer is built, or use
     `lip.model.Sequential(k_coef_lip=...)`.
     """
@@ -88,6 +93,8 @@ class LipschitzLayer(abc.ABC):
     @classmethod
     def __subclasshook__(cls, subclass):
         if cls is LipschitzLayer:
+            if getattr(subclass, "_deel_lip_lipschitz_layer", False):
+                return True  # deel-lip's Lipschitz layer classes.
             return issubclass(subclass, keras.layers.Layer) and hasattr(
                 subclass, "lipschitz_upper_bound"
             )
@@ -98,13 +105,18 @@ class Condensable(abc.ABC):
     """deel-lip's `Condensable`, as an abstract class for `isinstance`.
 
     Any layer with `effective_kernel()` is an instance: its constrained
-    kernel is what `keras_lipschitz.vanilla_export` copies. There is no
-    `condense()` (nothing is ever written back to the trainable kernel).
+    kernel is what `keras_lipschitz.vanilla_export` copies. deel-lip's
+    condensable classes of this module (`SpectralDense`, `FrobeniusDense`,
+    `SpectralConv2D`, `FrobeniusConv2D`, `PadConv2D`) are subclasses. There
+    is no `condense()` (nothing is ever written back to the trainable
+    kernel).
     """
 
     @classmethod
     def __subclasshook__(cls, subclass):
         if cls is Condensable:
+            if getattr(subclass, "_deel_lip_condensable", False):
+                return True  # deel-lip's Condensable layer classes.
             return hasattr(subclass, "effective_kernel")
         return NotImplemented
 
@@ -112,14 +124,16 @@ class Condensable(abc.ABC):
 maps_to(
     "layers",
     "abstract class",
-    "`isinstance` is true for every layer with `lipschitz_upper_bound()`; no "
+    "`issubclass` is true for deel-lip's Lipschitz layer classes, "
+    "`isinstance` for every layer with `lipschitz_upper_bound()`; no "
     "`set_klip_factor` (set `lipschitz`, or use `Sequential(k_coef_lip)`).",
     status="adapted",
 )(LipschitzLayer)
 maps_to(
     "layers",
     "abstract class",
-    "`isinstance` is true for layers with `effective_kernel()`; no "
+    "`issubclass` is true for deel-lip's condensable layer classes, "
+    "`isinstance` for layers with `effective_kernel()`; no "
     "`condense()`: nothing to condense, kernels are derived in `call`.",
     status="adapted",
 )(Condensable)
@@ -134,6 +148,12 @@ maps_to(
     "maxiter_bjorck, bjorck_beta=beta_bjorck)`. Our `SpectralDense` is "
     "spectral normalization only. In inference the kernel is divided by a "
     "guaranteed bound, so the layer never exceeds `k_coef_lip`.",
+)
+@deel_lip_class(
+    _layers.BjorckDense,
+    _layers.SpectralDense,
+    lipschitz_layer=True,
+    condensable=True,
 )
 def SpectralDense(
     units,
@@ -210,6 +230,7 @@ def SpectralDense(
     "Same maths (each column, or the whole kernel, scaled to norm "
     "`k_coef_lip`).",
 )
+@deel_lip_class(_layers.FrobeniusDense, lipschitz_layer=True, condensable=True)
 def FrobeniusDense(
     units,
     activation=None,
@@ -277,6 +298,12 @@ def _check_conv_args(name, dilation_rate, groups):
     "`k_coef_lip` (by 2 % for a 3×3 kernel at 16 px); ported weights give "
     "slightly smaller outputs. `padding=\"valid\"` is accepted too.",
     status="sound",
+)
+@deel_lip_class(
+    _layers.BjorckConv2D,
+    _layers.SpectralConv2D,
+    lipschitz_layer=True,
+    condensable=True,
 )
 def SpectralConv2D(
     filters,
@@ -369,6 +396,11 @@ def SpectralConv2D(
     "average factor, see `SpectralConv2D`). Strides are accepted.",
     status="sound",
 )
+@deel_lip_class(
+    _layers.FrobeniusConv2D,
+    lipschitz_layer=True,
+    condensable=True,
+)
 def FrobeniusConv2D(
     filters,
     kernel_size,
@@ -421,12 +453,118 @@ def FrobeniusConv2D(
     )
 
 
-SpectralConv2DTranspose = not_provided(
+@maps_to(
     "layers",
-    "SpectralConv2DTranspose",
-    "no Lipschitz transposed convolution yet (InvertibleUpSampling followed "
-    "by a BjorckConv2D is a 1-Lipschitz upsampling).",
+    "`BjorckConv2DTranspose` (`SpectralConv2DTranspose` with "
+    "`eps_bjorck=None`)",
+    "deel-lip's `SpectralConv2DTranspose` is RKO on the transposed kernel: "
+    "our `BjorckConv2DTranspose(filters, kernel_size, strides, "
+    "lipschitz=k_coef_lip, bjorck_iterations=maxiter_bjorck, "
+    "bjorck_beta=beta_bjorck)`; with `eps_bjorck=None` our "
+    "`SpectralConv2DTranspose` (normalized by the operator norm on the "
+    "built size; needs static spatial sizes). As in deel-lip, only "
+    "`padding=\"same\"`, `dilation_rate=1` and `output_padding=None`. "
+    "**Sound, not identical:** deel-lip orthonormalizes the "
+    "$(k_hk_wc_{in}) \\times \\mathrm{filters}$ reshape and applies its "
+    "conv factor, which does not bound the transposed conv (norm 2 with "
+    "`kernel_size=strides=2`, one input channel and four filters); we "
+    "orthonormalize the reshaped kernel of the conv it is the adjoint of, "
+    "$(k_hk_w\\,\\mathrm{filters}) \\times c_{in}$, with the worst-case "
+    "factor $1/\\sqrt{\\lceil k_h/s_h\\rceil\\lceil k_w/s_w\\rceil}$.",
+    status="sound",
 )
+def SpectralConv2DTranspose(
+    filters,
+    kernel_size,
+    strides=(1, 1),
+    padding="same",
+    data_format=None,
+    dilation_rate=(1, 1),
+    activation=None,
+    use_bias=True,
+    kernel_initializer=None,
+    bias_initializer="zeros",
+    kernel_regularizer=None,
+    bias_regularizer=None,
+    activity_regularizer=None,
+    kernel_constraint=None,
+    bias_constraint=None,
+    k_coef_lip=1.0,
+    eps_spectral=DEFAULT_EPS_SPECTRAL,
+    eps_bjorck=DEFAULT_EPS_BJORCK,
+    beta_bjorck=DEFAULT_BETA_BJORCK,
+    maxiter_spectral=DEFAULT_MAXITER_SPECTRAL,
+    maxiter_bjorck=DEFAULT_MAXITER_BJORCK,
+    output_padding=None,
+    **kwargs,
+):
+    """deel-lip's `SpectralConv2DTranspose`: `BjorckConv2DTranspose`.
+
+    Reshaped kernel orthogonalization of the transposed conv's kernel
+    (`keras_lipschitz.layers.BjorckConv2DTranspose`). deel-lip
+    orthonormalizes the `(k_h k_w c_in) x filters` reshape of its kernel
+    and multiplies by its conv factor; a transposed conv is the adjoint of
+    the conv by the same kernel read as `(k_h k_w filters) x c_in`, and
+    only that reshape, with the worst-case factor, bounds it (deel-lip's
+    layer reaches norm 2 with `kernel_size=strides=2`, one input channel
+    and four filters). The outputs therefore differ from deel-lip's for the
+    same raw kernel; the layer is `k_coef_lip`-Lipschitz.
+
+    Args:
+        filters, kernel_size, strides, data_format: as in
+            `keras.layers.Conv2DTranspose`.
+        padding: only `"same"` (as in deel-lip).
+        dilation_rate: only 1.
+        output_padding: only None.
+        k_coef_lip: our `lipschitz`.
+        eps_spectral, maxiter_spectral: accepted (see the module).
+        eps_bjorck: None disables Björck: the layer is then our
+            `SpectralConv2DTranspose` (normalized by the operator norm on
+            the built size; it needs static spatial sizes).
+        beta_bjorck: our `bjorck_beta`.
+        maxiter_bjorck: our `bjorck_iterations`.
+        Others: as in `keras.layers.Conv2DTranspose`.
+
+    Returns:
+        A `keras_lipschitz.layers.BjorckConv2DTranspose` (or
+        `SpectralConv2DTranspose`).
+    """
+    if dilation_rate not in (1, (1, 1), [1, 1]):
+        raise ValueError(
+            "SpectralConv2DTranspose does not support dilation rate"
+        )
+    if not isinstance(padding, str) or padding.lower() != "same":
+        raise ValueError("SpectralConv2DTranspose only supports padding='same'")
+    if output_padding is not None:
+        raise ValueError(
+            "SpectralConv2DTranspose only supports output_padding=None"
+        )
+    _check_iteration_args(eps_spectral, eps_bjorck, beta_bjorck)
+    common = dict(
+        strides=strides,
+        padding="same",
+        data_format=data_format,
+        lipschitz=k_coef_lip,
+        activation=activation,
+        use_bias=use_bias,
+        kernel_initializer=_default_initializer(kernel_initializer),
+        bias_initializer=bias_initializer,
+        kernel_regularizer=kernel_regularizer,
+        bias_regularizer=bias_regularizer,
+        kernel_constraint=kernel_constraint,
+        bias_constraint=bias_constraint,
+        activity_regularizer=activity_regularizer,
+        **kwargs,
+    )
+    if _bjorck_off(eps_bjorck, beta_bjorck) or maxiter_bjorck == 0:
+        return _layers.SpectralConv2DTranspose(filters, kernel_size, **common)
+    return _layers.BjorckConv2DTranspose(
+        filters,
+        kernel_size,
+        bjorck_iterations=maxiter_bjorck,
+        bjorck_beta=beta_bjorck,
+        **common,
+    )
 
 
 @maps_to(
@@ -434,6 +572,7 @@ SpectralConv2DTranspose = not_provided(
     "`ScaledAveragePooling2D(pool_size, lipschitz=k_coef_lip)`",
     "",
 )
+@deel_lip_class(_layers.ScaledAveragePooling2D, lipschitz_layer=True)
 def ScaledAveragePooling2D(
     pool_size=(2, 2),
     strides=None,
@@ -466,6 +605,7 @@ def ScaledAveragePooling2D(
     "it is set to $n\\,\\varepsilon$ ($n$ the window size): same outputs. "
     "`eps_grad_sqrt=0` is refused (NaN gradient at 0).",
 )
+@deel_lip_class(_layers.ScaledL2NormPooling2D, lipschitz_layer=True)
 def ScaledL2NormPooling2D(
     pool_size=(2, 2),
     strides=None,
@@ -500,6 +640,7 @@ def ScaledL2NormPooling2D(
     "lipschitz=k_coef_lip)`",
     "",
 )
+@deel_lip_class(_layers.ScaledGlobalL2NormPooling2D, lipschitz_layer=True)
 def ScaledGlobalL2NormPooling2D(
     data_format=None, k_coef_lip=1.0, eps_grad_sqrt=1e-6, **kwargs
 ):
@@ -521,6 +662,7 @@ def ScaledGlobalL2NormPooling2D(
     "`ScaledGlobalAveragePooling2D(lipschitz=k_coef_lip)`",
     "",
 )
+@deel_lip_class(_layers.ScaledGlobalAveragePooling2D, lipschitz_layer=True)
 def ScaledGlobalAveragePooling2D(data_format=None, k_coef_lip=1.0, **kwargs):
     """deel-lip's `ScaledGlobalAveragePooling2D`.
 
@@ -537,6 +679,7 @@ def ScaledGlobalAveragePooling2D(data_format=None, k_coef_lip=1.0, **kwargs):
     "`InvertibleDownSampling(pool_size, channel_order=\"pixel_unshuffle\")`",
     "deel-lip's channel order $c\\,p_hp_w + a\\,p_w + b$.",
 )
+@deel_lip_class(_layers.InvertibleDownSampling)
 def InvertibleDownSampling(
     pool_size, data_format="channels_last", name=None, dtype=None, **kwargs
 ):
@@ -563,6 +706,7 @@ def InvertibleDownSampling(
     "inverse only for square images and pools.",
     status="sound",
 )
+@deel_lip_class(_layers.InvertibleUpSampling)
 def InvertibleUpSampling(
     pool_size, data_format="channels_last", name=None, dtype=None, **kwargs
 ):

@@ -10,6 +10,7 @@ import warnings
 import keras
 
 from keras_lipschitz import layers as _layers
+from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
 from keras_lipschitz.compat.deel_lip._mapping import maps_to
 
 
@@ -29,6 +30,7 @@ def _axis(data_format):
     "`MaxMin(axis, lipschitz=k_coef_lip)`",
     "$[\\mathrm{ReLU}(x), \\mathrm{ReLU}(-x)]$, doubles the channels.",
 )
+@deel_lip_class(_layers.MaxMin, lipschitz_layer=True)
 def MaxMin(data_format="channels_last", k_coef_lip=1.0, **kwargs):
     """deel-lip's `MaxMin`: `keras_lipschitz.layers.MaxMin`.
 
@@ -51,6 +53,12 @@ def MaxMin(data_format="channels_last", k_coef_lip=1.0, **kwargs):
     "Same `(min, max)`/ascending order on adjacent channels. deel-lip "
     "replaces an `n` larger than the channel count by that count; here `n` "
     "must divide it. `channels_first` works (axis 1).",
+)
+@deel_lip_class(
+    _layers.GroupSort,
+    _layers.GroupSort2,
+    _layers.FullSort,
+    lipschitz_layer=True,
 )
 def GroupSort(n=None, data_format="channels_last", k_coef_lip=1.0, **kwargs):
     """deel-lip's `GroupSort(n)`: `GroupSort(group_size=n)` or `FullSort`.
@@ -76,6 +84,7 @@ def GroupSort(n=None, data_format="channels_last", k_coef_lip=1.0, **kwargs):
 
 
 @maps_to("layers", "`GroupSort2(axis, lipschitz=k_coef_lip)`", "")
+@deel_lip_class(_layers.GroupSort2, lipschitz_layer=True)
 def GroupSort2(data_format="channels_last", k_coef_lip=1.0, **kwargs):
     """deel-lip's `GroupSort2`: `keras_lipschitz.layers.GroupSort2`.
 
@@ -93,6 +102,7 @@ def GroupSort2(data_format="channels_last", k_coef_lip=1.0, **kwargs):
 
 
 @maps_to("layers", "`FullSort(axis, lipschitz=k_coef_lip)`", "")
+@deel_lip_class(_layers.FullSort, lipschitz_layer=True)
 def FullSort(data_format="channels_last", k_coef_lip=1.0, **kwargs):
     """deel-lip's `FullSort`: `keras_lipschitz.layers.FullSort`.
 
@@ -118,6 +128,7 @@ def FullSort(data_format="channels_last", k_coef_lip=1.0, **kwargs):
     "outputs match. Use `keras_lipschitz.layers.Householder(lipschitz=...)` "
     "for a scaled one.",
 )
+@deel_lip_class(_layers.Householder, lipschitz_layer=True)
 def Householder(
     data_format="channels_last",
     k_coef_lip=1.0,

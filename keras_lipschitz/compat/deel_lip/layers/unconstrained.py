@@ -1,6 +1,7 @@
 """deel-lip's unconstrained layers (`deel.lip.layers.unconstrained`)."""
 
 from keras_lipschitz import layers as _layers
+from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
 from keras_lipschitz.compat.deel_lip._mapping import maps_to
 
 
@@ -12,6 +13,7 @@ from keras_lipschitz.compat.deel_lip._mapping import maps_to
     "`lipschitz_upper_bound()` is guaranteed (exact norm of padding + "
     "convolution for small inputs).",
 )
+@deel_lip_class(_layers.PadConv2D, condensable=True)
 def PadConv2D(
     filters,
     kernel_size,
