@@ -473,6 +473,12 @@ def FrobeniusConv2D(
     "factor $1/\\sqrt{\\lceil k_h/s_h\\rceil\\lceil k_w/s_w\\rceil}$.",
     status="sound",
 )
+@deel_lip_class(
+    _layers.BjorckConv2DTranspose,
+    _layers.SpectralConv2DTranspose,
+    lipschitz_layer=True,
+    condensable=True,
+)
 def SpectralConv2DTranspose(
     filters,
     kernel_size,
