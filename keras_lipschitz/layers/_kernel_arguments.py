@@ -40,13 +40,10 @@ def set_kernel_arguments(
     layer.bias_constraint = keras.constraints.get(bias_constraint)
 
 
-def kernel_arguments_config(layer):
-    """The shared arguments of `layer`, serialized for `get_config`."""
-    config = {
-        "lipschitz": layer.lipschitz,
-        "activation": keras.activations.serialize(layer.activation),
-        "use_bias": layer.use_bias,
-    }
+def weight_arguments_config(layer):
+    """`layer`'s kernel/bias initializers, regularizers and constraints,
+    serialized for `get_config` (None stays None)."""
+    config = {}
     for kind, module in (
         ("initializer", keras.initializers),
         ("regularizer", keras.regularizers),
@@ -55,6 +52,17 @@ def kernel_arguments_config(layer):
         for weight in ("kernel", "bias"):
             name = f"{weight}_{kind}"
             config[name] = module.serialize(getattr(layer, name))
+    return config
+
+
+def kernel_arguments_config(layer):
+    """The shared arguments of `layer`, serialized for `get_config`."""
+    config = {
+        "lipschitz": layer.lipschitz,
+        "activation": keras.activations.serialize(layer.activation),
+        "use_bias": layer.use_bias,
+    }
+    config.update(weight_arguments_config(layer))
     return config
 
 

@@ -25,6 +25,7 @@ from keras import ops
 from keras_lipschitz import _backend
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers import _validation
+from keras_lipschitz.layers._kernel_arguments import weight_arguments_config
 
 # float32 unit roundoff.
 _FLOAT32_UNIT_ROUNDOFF = 2.0**-24
@@ -628,10 +629,6 @@ class CayleyConv2D(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-
-        def serialize(module, obj):
-            return None if obj is None else module.serialize(obj)
-
         config.update(
             {
                 "filters": self.filters,
@@ -639,24 +636,7 @@ class CayleyConv2D(keras.layers.Layer):
                 "strides": self.strides,
                 "data_format": self.data_format,
                 "use_bias": self.use_bias,
-                "kernel_initializer": serialize(
-                    keras.initializers, self.kernel_initializer
-                ),
-                "bias_initializer": serialize(
-                    keras.initializers, self.bias_initializer
-                ),
-                "kernel_regularizer": serialize(
-                    keras.regularizers, self.kernel_regularizer
-                ),
-                "bias_regularizer": serialize(
-                    keras.regularizers, self.bias_regularizer
-                ),
-                "kernel_constraint": serialize(
-                    keras.constraints, self.kernel_constraint
-                ),
-                "bias_constraint": serialize(
-                    keras.constraints, self.bias_constraint
-                ),
             }
         )
+        config.update(weight_arguments_config(self))
         return config

@@ -24,6 +24,7 @@ from keras_lipschitz import bounds
 from keras_lipschitz import normalizers
 from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers import _validation
+from keras_lipschitz.layers._kernel_arguments import weight_arguments_config
 from keras_lipschitz.layers.dense import _LipschitzDense
 
 # Power-iteration steps run at build (official code: `init_iters=50`).
@@ -508,10 +509,6 @@ class SOCConv2D(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-
-        def serialize(module, obj):
-            return None if obj is None else module.serialize(obj)
-
         config.update(
             {
                 "filters": self.filters,
@@ -524,26 +521,9 @@ class SOCConv2D(keras.layers.Layer):
                 "fast_backward": self.fast_backward,
                 "data_format": self.data_format,
                 "use_bias": self.use_bias,
-                "kernel_initializer": serialize(
-                    keras.initializers, self.kernel_initializer
-                ),
-                "bias_initializer": serialize(
-                    keras.initializers, self.bias_initializer
-                ),
-                "kernel_regularizer": serialize(
-                    keras.regularizers, self.kernel_regularizer
-                ),
-                "bias_regularizer": serialize(
-                    keras.regularizers, self.bias_regularizer
-                ),
-                "kernel_constraint": serialize(
-                    keras.constraints, self.kernel_constraint
-                ),
-                "bias_constraint": serialize(
-                    keras.constraints, self.bias_constraint
-                ),
             }
         )
+        config.update(weight_arguments_config(self))
         return config
 
 
