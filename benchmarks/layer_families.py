@@ -30,8 +30,13 @@ Usage:
     python benchmarks/layer_families.py --backends torch --families aol,sll
     python benchmarks/layer_families.py --quick --json rows.json
 
-Peers: orthogonium's AOC/SLL/AOL nets are not run here (orthogonium is
-not installed in this environment); rows say so.
+Peer: with `--orthogonium-python PATH` (default
+`.venv-orthogonium/bin/python` when it exists; `benchmarks/setup_peers.sh
+orthogonium` creates it), the torch rows of `aoc`, `aol` and `sll` are
+followed by the same network built with orthogonium's layers in plain
+PyTorch (`benchmarks/peers/orthogonium_families.py`), run right after ours:
+its step time, its own ratio to a plain torch net, and our step time over
+its. Without the peer the output says so.
 """
 
 import argparse
@@ -70,6 +75,11 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="width 16, 3 timed steps, no memory runs")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--orthogonium-python",
+        default=os.path.join(REPO_ROOT, ".venv-orthogonium", "bin", "python"),
+        help="python of an environment with orthogonium (peer rows)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -203,6 +213,26 @@ def _run(backend, extra):
     return None, f"exit {proc.returncode}: {tail[0][:160]}"
 
 
+PEER_FAMILIES = ("aoc", "aol", "sll")
+
+
+def _run_orthogonium(python, family, args):
+    """orthogonium's version of the family's net, or (None, reason)."""
+    if not python or not os.path.exists(python):
+        return None, "not installed (benchmarks/setup_peers.sh orthogonium)"
+    script = os.path.join(REPO_ROOT, "benchmarks", "peers",
+                          "orthogonium_families.py")
+    cmd = [python, script, family, "--width", str(args.width),
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):]), None
+    tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+    return None, f"exit {proc.returncode}: {tail[0][:160]}"
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.memory_of:
@@ -211,7 +241,8 @@ def main(argv=None):
         return run_time_child(args)
     common = ["--width", str(args.width), "--batch-size",
               str(args.batch_size), "--steps", str(args.steps)]
-    rows, lines = [], []
+    rows, lines, peer_lines = [], [], []
+    peer_status = None
     lines.append("| backend | family | step ms (median) | plain ms | ratio "
                  "| CPU-time ratio | peak RSS ratio | load |")
     lines.append("|---|---|---|---|---|---|---|---|")
@@ -262,9 +293,45 @@ def main(argv=None):
                 f"ratio {found['cpu_ratio']:.2f}x"
                 + (f"; peak RSS ratio {rss_ratio:.2f}x" if rss_ratio else ""),
             })
+            if backend != "torch" or family not in PEER_FAMILIES:
+                continue
+            peer, reason = _run_orthogonium(
+                args.orthogonium_python, family, args
+            )
+            if peer is None:
+                peer_status = reason
+                continue
+            versus = found["family_median_ms"] / peer["family_median_ms"]
+            print(f"[orthogonium] {family}: {peer['family_median_ms']:.1f} ms "
+                  f"({peer['ratio']:.2f}x its plain torch net); ours / "
+                  f"theirs {versus:.2f}x", flush=True)
+            peer_lines.append(
+                f"| {family} | {found['family_median_ms']:.1f} "
+                f"| {found['ratio']:.2f}x | {peer['family_median_ms']:.1f} "
+                f"| {peer['ratio']:.2f}x | **{versus:.2f}x** "
+                f"| {peer['load_average'][0]:.1f} |"
+            )
+            rows.append({
+                "benchmark": BENCHMARK_NAME, "backend": "torch",
+                "metric": f"{family} train step vs orthogonium (5 blocks, "
+                f"width {args.width}, batch {args.batch_size})",
+                "unit": "ms", "ours": found["family_median_ms"],
+                "reference": peer["family_median_ms"],
+                "reference_name": f"{peer['peer']}, same net in plain torch",
+                "ratio": versus,
+                "notes": f"orthogonium's own ratio to plain torch "
+                f"{peer['ratio']:.2f}x; medians of {args.steps}",
+            })
     print()
     print("\n".join(lines))
-    print("\northogonium (peer): not installed here, not measured.")
+    if peer_lines:
+        print("\n| family (torch) | ours ms | ours / plain Keras | orthogonium "
+              "ms | orthogonium / plain torch | ours / orthogonium | load |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(peer_lines))
+    elif peer_status or "torch" in args.backends:
+        print(f"\northogonium (peer): {peer_status or 'not run'}, "
+              "not measured.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

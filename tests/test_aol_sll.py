@@ -19,6 +19,7 @@ import keras_lipschitz
 from keras_lipschitz import normalizers
 from keras_lipschitz.layers.aol import AOLConv2D
 from keras_lipschitz.layers.aol import AOLDense
+from keras_lipschitz.layers.sll import SLLAOCConv2D
 from keras_lipschitz.layers.sll import SLLConv2D
 from keras_lipschitz.layers.sll import SLLDense
 from tests import helpers
@@ -463,6 +464,96 @@ def test_sll_conv_matches_the_formula():
     )
 
 
+# ----------------------------------------------------------- SLLAOCConv2D
+# (filters, kernel_size, strides, data_format, input shape): even cores
+# (3/2 -> 2x2, 5/2 -> 4x4), odd core (4/2 -> 3x3), stride 1 and 3.
+SLL_AOC_CASES = [
+    (8, 3, 2, "channels_last", (6, 6, 4)),
+    (6, 5, 2, "channels_first", (2, 5, 7)),
+    (4, 4, 2, "channels_last", (5, 4, 2)),
+    (4, 3, 1, "channels_last", (4, 4, 4)),
+    (5, 3, 3, "channels_last", (6, 5, 3)),
+]
+
+
+def _assert_sll_aoc_block(layer, shape, data_format):
+    """Bound <= 1 + 1e-4 (AOC factors) and >= pairs and Jacobian norms."""
+    bound = layer.lipschitz_upper_bound()
+    assert 1.0 <= bound <= 1 + 1e-4, bound
+    for scale in (0.1, 1.0, 10.0):
+        ratio = _pair_ratio(lambda v: layer(v), shape, scale)
+        assert ratio <= 1 + TOL, (scale, ratio)
+        assert ratio <= bound * (1 + FLOAT32_SLACK)
+    for norm in _jacobian_norms(lambda v: layer(v), shape, points=3):
+        assert norm <= 1 + TOL, norm
+        assert bound >= norm * (1 - FLOAT32_SLACK)
+
+
+def test_sll_aoc_is_one_lipschitz_after_large_steps():
+    layers, shapes = [], []
+    for filters, kernel_size, strides, data_format, shape in SLL_AOC_CASES:
+        layer = SLLAOCConv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            inner_dim=5,
+            data_format=data_format,
+            bias_initializer="random_normal",
+        )
+        layer.build((None, *shape))
+        expected = layer.compute_output_shape((None, *shape))
+        assert tuple(layer(np.zeros((1, *shape), "float32")).shape) == (
+            1, *expected[1:]
+        )
+        _assert_sll_aoc_block(layer, shape, data_format)
+        layers.append(layer)
+        shapes.append(shape)
+    changes = _push_layers(layers, shapes)
+    for layer, shape, case, change in zip(
+        layers, shapes, SLL_AOC_CASES, changes
+    ):
+        assert change > 0.1, (case, "the push did not move the raw kernel")
+        _assert_sll_aoc_block(layer, shape, case[3])
+
+
+@pytest.mark.parametrize("kernel_size", [3, 4, 5])
+def test_sll_aoc_matches_the_composition(kernel_size):
+    """y = Q(u - 2 A^T (relu(A u + b) / t)), u = P x, with explicit
+    operator matrices: checks the even-size padding and its adjoint."""
+    from keras_lipschitz import bounds
+
+    rng = np.random.default_rng(kernel_size)
+    size, c_in, filters = (6, 5), 3, 4
+    layer = SLLAOCConv2D(
+        filters, kernel_size, strides=2, inner_dim=4,
+        bias_initializer="random_normal",
+    )
+    layer.build((None, *size, c_in))
+    layer.log_q.assign((2.0 * rng.normal(size=4)).astype("float32"))
+    core = helpers.to_numpy(layer.kernel)
+    assert core.shape[:2] == (kernel_size - 1, kernel_size - 1)
+    t = 1.0 / layer.inverse_t().astype(np.float64)
+    b = helpers.to_numpy(layer.bias).astype(np.float64)
+    pre = bounds.conv_operator_matrix(
+        layer.pre_conv.effective_kernel(), size, (1, 1), "same"
+    )
+    a = bounds.conv_operator_matrix(core, size, (1, 1), "same")
+    post = bounds.conv_operator_matrix(
+        layer.post_conv.effective_kernel(), size, (2, 2), "same"
+    )
+    x = rng.normal(size=(2, *size, c_in))
+    u = x.reshape(2, -1) @ pre.T
+    pixels = size[0] * size[1]
+    hidden = np.maximum(u @ a.T + np.tile(b, pixels), 0) / np.tile(t, pixels)
+    expected = (u - 2 * hidden @ a) @ post.T
+    np.testing.assert_allclose(
+        helpers.to_numpy(layer(x.astype("float32"))).reshape(2, -1),
+        expected,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
 # ------------------------------------------------------------ SLL, both
 def _sll_layers():
     dense = SLLDense(inner_dim=7)
@@ -518,6 +609,7 @@ def _small_model():
     inputs = keras.Input((6, 6, 2))
     x = AOLConv2D(4, 3)(inputs)
     x = SLLConv2D(3, inner_dim=6)(x)
+    x = SLLAOCConv2D(5, strides=2, inner_dim=3)(x)
     x = AOLConv2D(4, 3, strides=2)(x)
     x = keras.layers.Flatten()(x)
     x = AOLDense(8, activation="relu")(x)
@@ -556,6 +648,7 @@ def test_vanilla_export_gives_plain_layers_and_keeps_sll_blocks():
         "InputLayer",
         "Conv2D",
         "SLLConv2D",
+        "SLLAOCConv2D",
         "Conv2D",
         "Flatten",
         "Dense",
@@ -616,6 +709,14 @@ CONFIG_CASES = [
         dict(kernel_size=(3, 5), inner_dim=4, data_format="channels_first"),
         (None, 2, 6, 6),
     ),
+    (
+        SLLAOCConv2D,
+        dict(
+            filters=6, kernel_size=5, strides=2, inner_dim=4,
+            data_format="channels_first", activation="tanh",
+        ),
+        (None, 2, 6, 6),
+    ),
 ]
 
 
@@ -662,6 +763,10 @@ BAD_ARGUMENTS = [
     (SLLConv2D, {"inner_dim": -1}, "inner_dim"),
     (SLLConv2D, {"activation": "silu"}, "activation"),
     (SLLConv2D, {"data_format": "nchw"}, "data_format"),
+    (SLLAOCConv2D, {"filters": 0}, "filters"),
+    (SLLAOCConv2D, {"filters": 4, "kernel_size": 1}, "kernel_size"),
+    (SLLAOCConv2D, {"filters": 4, "strides": 0}, "strides"),
+    (SLLAOCConv2D, {"filters": 4, "activation": "gelu"}, "activation"),
 ]
 
 
@@ -689,6 +794,7 @@ def test_build_errors():
         (lambda: AOLConv2D(3, 3), (5, 5, 2)),
         (lambda: SLLDense(inner_dim=6), (5,)),
         (lambda: SLLConv2D(3, inner_dim=4), (5, 5, 2)),
+        (lambda: SLLAOCConv2D(4, inner_dim=4), (6, 6, 2)),
     ],
 )
 def test_mixed_precision_builds_and_runs(make, shape):

@@ -39,8 +39,10 @@ from keras_lipschitz.layers.pooling import ScaledAveragePooling2D
 from keras_lipschitz.layers.pooling import ScaledGlobalAveragePooling2D
 from keras_lipschitz.layers.pooling import ScaledGlobalL2NormPooling2D
 from keras_lipschitz.layers.pooling import ScaledL2NormPooling2D
+from keras_lipschitz.layers.reshaping import ChannelZeroPadding
 from keras_lipschitz.layers.residual import ConcatResidual
 from keras_lipschitz.layers.residual import LipResidual
+from keras_lipschitz.layers.sll import SLLAOCConv2D
 from keras_lipschitz.layers.sll import SLLConv2D
 from keras_lipschitz.layers.sll import SLLDense
 from keras_lipschitz.layers.soc import SOCConv2D
@@ -59,6 +61,7 @@ __all__ = [
     "BjorckConv2DTranspose",
     "BjorckDense",
     "CayleyConv2D",
+    "ChannelZeroPadding",
     "ConcatResidual",
     "CPLConv2D",
     "CPLDense",
@@ -83,6 +86,7 @@ __all__ = [
     "ScaledGlobalAveragePooling2D",
     "ScaledGlobalL2NormPooling2D",
     "ScaledL2NormPooling2D",
+    "SLLAOCConv2D",
     "SLLConv2D",
     "SLLDense",
     "SOCConv2D",

@@ -31,6 +31,7 @@ from keras_lipschitz.api_export import keras_lipschitz_export
 from keras_lipschitz.layers import _validation
 from keras_lipschitz.layers.aol import _abs_conv_gram_float64
 from keras_lipschitz.layers.aol import _schur_norm_bound
+from keras_lipschitz.layers.orthogonal_conv import AOCConv2D
 
 # Activations allowed inside the block: monotone, slope in [0, 1]
 # everywhere (the proof needs sigma' in [0, 1]; GroupSort, GELU, SiLU do
@@ -102,6 +103,34 @@ def _validate_odd_kernel_size(kernel_size):
     return sizes
 
 
+def _keras_same_padding(size):
+    """(before, after) of Keras's stride-1 "same" padding for a kernel size."""
+    before = (size - 1) // 2
+    return before, size - 1 - before
+
+
+def _conv_padded(x, kernel, adjoint=False):
+    """Stride-1 zero "same" conv of any kernel size, or its exact adjoint.
+
+    Odd sizes use `_conv_same` (the flipped, channel-transposed kernel is
+    the adjoint). Even sizes pad as Keras does, one more row and column
+    after than before; the adjoint is the flipped kernel with that padding
+    mirrored, written as explicit padding and a "valid" convolution.
+    """
+    k_h, k_w = int(kernel.shape[0]), int(kernel.shape[1])
+    if adjoint:
+        kernel = normalizers.conv_adjoint_kernel(kernel)
+    if k_h % 2 and k_w % 2:
+        return _conv_same(x, kernel)
+    pads = [_keras_same_padding(k_h), _keras_same_padding(k_w)]
+    if adjoint:
+        pads = [pad[::-1] for pad in pads]
+    x = ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    return ops.conv(
+        x, kernel, strides=1, padding="valid", data_format="channels_last"
+    )
+
+
 def _conv_same(x, kernel):
     """Stride-1 zero "same" conv, channels last, whatever the global format.
 
@@ -129,6 +158,47 @@ def _residual_bound(rho_squared):
     $[1 - 2\\rho^2, 1]$, so $\\|J\\| \\le \\max(1, 2\\rho^2 - 1)$.
     """
     return max(1.0, 2.0 * rho_squared - 1.0)
+
+
+def _conv_inverse_t(kernel, log_q):
+    """$T^{-1}$ of a conv SLL block, float32, from the raw weights."""
+    kernel = ops.cast(kernel, "float32")
+    # Output-side Gram of K = input-side Gram of K with its channel axes
+    # swapped (the spatial flip does not change sums over shifts).
+    scale = normalizers.aol_rescaling_conv(
+        ops.transpose(kernel, (0, 1, 3, 2)), ops.cast(log_q, "float32")
+    )
+    return ops.square(scale)
+
+
+def _conv_block_bound(kernel, inverse_t, log_q, input_size=None):
+    """Guaranteed float64 bound of a conv SLL block (see `SLLConv2D`)."""
+    kernel = np.asarray(ops.convert_to_numpy(kernel), np.float64)
+    inverse_t = np.asarray(inverse_t, np.float64)
+    scaled = kernel * np.sqrt(inverse_t)[None, None, None, :]
+    log_q = np.clip(
+        np.asarray(ops.convert_to_numpy(log_q), np.float64),
+        -normalizers.LOG_Q_LIMIT,
+        normalizers.LOG_Q_LIMIT,
+    )
+    # Channels with s = 0 are switched off: they drop out of the map.
+    live = inverse_t > 0
+    # Schur weights w = q / sqrt(s): then sum_j |N~_ij| w_j / w_i =
+    # s_i sum_j |N_ij| q_j / q_i = s_i (t_i - eps) < 1 in exact
+    # arithmetic, the SDP condition T >= K K^T (checked here in float64
+    # for the rounded s; any w > 0 gives a valid bound).
+    weights = np.exp(log_q[live]) / np.sqrt(inverse_t[live])
+    # Output-side Gram: the input-side one of the transposed kernel.
+    gram = _abs_conv_gram_float64(scaled[..., live].transpose(0, 1, 3, 2))
+    rho = _schur_norm_bound(gram, weights)
+    if input_size is not None:
+        rho = min(
+            rho,
+            bounds.conv_spectral_norm_upper_bound(
+                scaled, tuple(input_size), (1, 1), "same"
+            ),
+        )
+    return _residual_bound(rho * rho)
 
 
 class _SLLBlock(keras.layers.Layer):
@@ -536,14 +606,7 @@ class SLLConv2D(_SLLBlock):
         )
 
     def _inverse_t(self):
-        kernel = ops.cast(self.kernel, "float32")
-        # Output-side Gram of K = input-side Gram of K with its channel
-        # axes swapped (the spatial flip does not change sums over shifts).
-        scale = normalizers.aol_rescaling_conv(
-            ops.transpose(kernel, (0, 1, 3, 2)),
-            ops.cast(self.log_q, "float32"),
-        )
-        return ops.square(scale)
+        return _conv_inverse_t(self.kernel, self.log_q)
 
     def call(self, inputs):
         x = inputs
@@ -579,38 +642,226 @@ class SLLConv2D(_SLLBlock):
         Returns:
             A Python float.
         """
-        kernel = np.asarray(ops.convert_to_numpy(self.kernel), np.float64)
-        inverse_t = np.asarray(self.inverse_t(), np.float64)
-        scaled = kernel * np.sqrt(inverse_t)[None, None, None, :]
-        log_q = np.clip(
-            np.asarray(ops.convert_to_numpy(self.log_q), np.float64),
-            -normalizers.LOG_Q_LIMIT,
-            normalizers.LOG_Q_LIMIT,
+        return _conv_block_bound(
+            self.kernel, self.inverse_t(), self.log_q, input_size
         )
-        # Channels with s = 0 are switched off: they drop out of the map.
-        live = inverse_t > 0
-        # Schur weights w = q / sqrt(s): then sum_j |N~_ij| w_j / w_i =
-        # s_i sum_j |N_ij| q_j / q_i = s_i (t_i - eps) < 1 in exact
-        # arithmetic, the SDP condition T >= K K^T (checked here in float64
-        # for the rounded s; any w > 0 gives a valid bound).
-        weights = np.exp(log_q[live]) / np.sqrt(inverse_t[live])
-        # Output-side Gram: the input-side one of the transposed kernel.
-        gram = _abs_conv_gram_float64(
-            scaled[..., live].transpose(0, 1, 3, 2)
-        )
-        rho = _schur_norm_bound(gram, weights)
-        if input_size is not None:
-            rho = min(
-                rho,
-                bounds.conv_spectral_norm_upper_bound(
-                    scaled, tuple(input_size), (1, 1), "same"
-                ),
-            )
-        return _residual_bound(rho * rho)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {"kernel_size": self.kernel_size, "data_format": self.data_format}
+        )
+        return config
+
+
+@keras_lipschitz_export
+class SLLAOCConv2D(_SLLBlock):
+    """Strided, channel-changing SLL block with AOC pre/post convolutions.
+
+    The "SLL x AOC" block of Boissin, Mamalet, Fel, Picard, Massena,
+    Serrurier, "An Adaptive Orthogonal Convolution Scheme for Efficient and
+    Flexible CNN Architectures", ICML 2025 (arXiv 2501.07930; orthogonium's
+    `SLLxAOCLipschitzResBlock`), which extends the SLL block of Araujo et
+    al. (ICLR 2023) to strides and channel changes:
+
+    $$y = Q\Big(Px - 2\,K^T \star \big(t^{-1} \odot
+      \sigma(K \star Px + b)\big)\Big),$$
+
+    - $P$: an `AOCConv2D` from $c_{in}$ to $c_{in}$ channels, kernel
+      `strides`, stride 1 (an orthogonal convolution; with zero padding
+      its norm is at most 1);
+    - the SLL core (as `SLLConv2D`) with kernel $K$ of size
+      `kernel_size - strides + 1` from $c_{in}$ to `inner_dim` channels,
+      zero "same" padding and its exact adjoint $K^T\star$ (even sizes
+      are padded as Keras does, the adjoint with the mirrored padding);
+    - $Q$: an `AOCConv2D` from $c_{in}$ to `filters` channels with kernel
+      and stride `strides` (RKO: space-to-depth and an orthonormal 1x1
+      map, norm at most 1).
+
+    The receptive field of $K\star P$ is `kernel_size`, as in the official
+    block, which fuses $K \circledast P$, $Q \circledast K^T$ and
+    $Q \circledast P$ into three convolutions. Here the three maps are
+    applied one after the other: the same function on the infinite plane,
+    and with zero padding an exact composition of three maps of norm at
+    most 1, so the proof needs no alignment argument at the borders.
+
+    **Guaranteed bound.** `lipschitz_upper_bound()` is the product of the
+    float64 bounds of $P$, of the SLL core (as `SLLConv2D`) and of $Q$:
+    about $1 + 4\cdot 10^{-6}$, valid for every input size.
+
+    **Defaults** (orthogonium): `kernel_size=3`, `strides=2`, ReLU,
+    `inner_dim=None` = `filters` (orthogonium's `inner_dim_factor=1`);
+    the SLL core as `SLLConv2D` (Xavier-normal kernel, uniform bias,
+    $\log q \sim \mathcal{N}(0, 1)$); $P$ and $Q$ as `AOCConv2D` with
+    zero "same" padding and no bias. `groups` is not supported.
+
+    **Not exportable.** The block is nonlinear; `vanilla_export` keeps it.
+
+    Args:
+        filters: positive int, the output channels.
+        kernel_size: int or tuple of 2 ints, at least `strides`.
+        strides: positive int or tuple of 2 ints.
+        inner_dim: None (`filters`) or positive int, the SLL core's inner
+            channels.
+        activation: a monotone activation of slope at most 1 (see
+            `SLLDense`); default `"relu"`.
+        data_format: `"channels_last"`, `"channels_first"` or None.
+        use_bias, kernel_initializer, bias_initializer, log_q_initializer,
+        kernel_regularizer, bias_regularizer, kernel_constraint,
+        bias_constraint: the SLL core's weights, as in `SLLConv2D`.
+
+    Input shape:
+        4-D tensor `(batch, H, W, c_in)` or `(batch, c_in, H, W)`.
+
+    Output shape:
+        `(batch, ceil(H / s_h), ceil(W / s_w), filters)` (or channels
+        first).
+
+    Example:
+
+    >>> layer = SLLAOCConv2D(8, kernel_size=3, strides=2)
+    >>> y = layer(np.ones((2, 6, 6, 4), "float32"))
+    >>> tuple(y.shape)
+    (2, 3, 3, 8)
+    >>> bool(layer.lipschitz_upper_bound() <= 1.0 + 1e-4)
+    True
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        strides=2,
+        inner_dim=None,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(inner_dim=inner_dim, **kwargs)
+        self.filters = _validation.validate_positive_int("filters", filters)
+        self.kernel_size = _validation.validate_int_tuple(
+            "kernel_size", kernel_size
+        )
+        self.strides = _validation.validate_int_tuple("strides", strides)
+        if any(k < s for k, s in zip(self.kernel_size, self.strides)):
+            raise ValueError(
+                "`kernel_size` must be at least `strides` on each axis: the "
+                "SLL core's kernel has size kernel_size - strides + 1. "
+                f"Received: kernel_size={kernel_size!r}, strides={strides!r}"
+            )
+        self.data_format = _validation.validate_data_format(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    @property
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 4:
+            raise ValueError(
+                "SLLAOCConv2D expects inputs of rank 4. "
+                f"Received: input_shape={input_shape}"
+            )
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                "SLLAOCConv2D needs a known channel dimension "
+                f"(data_format={self.data_format!r}). "
+                f"Received: input_shape={input_shape}"
+            )
+        channels = int(channels)
+        inner = self.inner_dim if self.inner_dim is not None else self.filters
+        k_h, k_w = (k - s + 1 for k, s in zip(self.kernel_size, self.strides))
+        self._add_weights(
+            (k_h, k_w, channels, inner),
+            fan_in=channels * k_h * k_w,
+            fan_out=inner * k_h * k_w,
+        )
+        if self.data_format == "channels_first":
+            last = (input_shape[0], input_shape[2], input_shape[3], channels)
+        else:
+            last = input_shape
+        # Zero padding and no bias, as orthogonium's block.
+        self.pre_conv = AOCConv2D(
+            channels,
+            self.strides,
+            strides=1,
+            padding="same",
+            data_format="channels_last",
+            use_bias=False,
+            dtype=self.dtype_policy,
+            name="pre_conv",
+        )
+        self.pre_conv.build(last)
+        self.post_conv = AOCConv2D(
+            self.filters,
+            self.strides,
+            strides=self.strides,
+            padding="same",
+            data_format="channels_last",
+            use_bias=False,
+            dtype=self.dtype_policy,
+            name="post_conv",
+        )
+        self.post_conv.build(last)
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={self._channel_axis: channels}
+        )
+
+    def _inverse_t(self):
+        return _conv_inverse_t(self.kernel, self.log_q)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        if self.data_format == "channels_first":
+            x = ops.transpose(x, (0, 2, 3, 1))
+        x = self.pre_conv(x, training=training)
+        scale = ops.cast(2.0 * self._inverse_t(), x.dtype)
+        kernel = ops.cast(self.kernel, x.dtype)
+        hidden = _conv_padded(x, kernel)
+        if self.bias is not None:
+            hidden = ops.add(hidden, ops.cast(self.bias, hidden.dtype))
+        hidden = self.activation(hidden) * scale
+        x = x - _conv_padded(hidden, kernel, adjoint=True)
+        outputs = self.post_conv(x, training=training)
+        if self.data_format == "channels_first":
+            outputs = ops.transpose(outputs, (0, 3, 1, 2))
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        spatial = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        for axis, stride in zip(spatial, self.strides):
+            if shape[axis] is not None:
+                shape[axis] = -(-int(shape[axis]) // stride)
+        shape[self._channel_axis] = self.filters
+        return tuple(shape)
+
+    def lipschitz_upper_bound(self):
+        """Guaranteed ℓ2 Lipschitz bound of the block (float64).
+
+        The product of `pre_conv.lipschitz_upper_bound()`, the SLL core's
+        bound (as `SLLConv2D.lipschitz_upper_bound()`, every input size)
+        and `post_conv.lipschitz_upper_bound()`.
+
+        Returns:
+            A Python float.
+        """
+        core = _conv_block_bound(self.kernel, self.inverse_t(), self.log_q)
+        return (
+            self.pre_conv.lipschitz_upper_bound()
+            * core
+            * self.post_conv.lipschitz_upper_bound()
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "data_format": self.data_format,
+            }
         )
         return config
