@@ -264,17 +264,26 @@ def deel_tutorial(task, args):
     )
 
 
+def _p_ratio(t, p_warmup, p_fraction):
+    """Where `t` lies in the growth phase of p: 0 before `p_warmup`, 1 from
+    `p_fraction` on, linear in between."""
+    if t <= p_warmup:
+        return 0.0
+    return min((t - p_warmup) / (p_fraction - p_warmup), 1.0)
+
+
 class _PNormProgress(ProgressSchedule):
-    """p of the ℓ∞-distance layers: 8 -> 1000 (log-linear) over the first
-    `p_fraction` of training, then inf (as `PNormScheduler`, but following
-    the progress callable)."""
+    """p of the ℓ∞-distance layers: `p_start` until `p_warmup`, then
+    `p_start` -> `p_end` (log-linear) until `p_fraction` of training, then
+    inf (as `PNormScheduler`, but following the progress callable)."""
 
     def __init__(self, progress, p_fraction=0.75, p_start=8.0,
-                 p_end=1000.0, powers_of_two=False):
+                 p_end=1000.0, powers_of_two=False, p_warmup=0.0):
         def schedule(t):
             if t >= p_fraction:
                 return float("inf")
-            p = p_start * (p_end / p_start) ** (t / p_fraction)
+            r = _p_ratio(t, p_warmup, p_fraction)
+            p = p_start * (p_end / p_start) ** r
             if powers_of_two:
                 # Piecewise constant on 8, 16, ..., 512 (then p_end): the
                 # CPU kernels raise to these p by squaring, ~9x faster than
@@ -305,7 +314,8 @@ def _progress_param(loss_param, schedule, args, levels=10):
 
 
 def linf_tutorial(task, args, width=1024, depth=5, batch_size=512,
-                  p_powers_of_two=False):
+                  p_powers_of_two=False, pixel_scale=None, p_warmup=0.0,
+                  p_fraction=0.75, recompute_means=True):
     """mnist_linf.py's ℓ∞-distance net and LinfDistHinge, over the budget.
 
     ℓ∞-distance net (depth 5, width 1024, learned CE scale),
@@ -315,26 +325,58 @@ def linf_tutorial(task, args, width=1024, depth=5, batch_size=512,
     training then p = inf, running means recomputed at p = inf on 10,000
     training images before certification. The schedules follow the
     progress (the budget) instead of the epochs."""
+    # The official recipe's numbers are in normalized input units
+    # (x - 0.1307) / 0.3081; on pixels the same network has its weights
+    # and logits times sigma = pixel_scale, so the learning rate, the
+    # initial kernel and identity values, and the logit scale (and its
+    # step) are converted (see `linf_official_scale`). None: as before.
+    sigma = 1.0 if pixel_scale is None else pixel_scale
+    peak_lr = 0.03 * sigma
+    net_options = {}
+    if pixel_scale is not None:
+        net_options = dict(
+            # Unseeded: a seeded initializer would give every layer of the
+            # same shape the same kernel (the global seed still applies).
+            kernel_initializer=keras.initializers.RandomNormal(stddev=sigma),
+            identity_value=10.0 * sigma,
+            initial_scale=1.0 / sigma,
+            # s_pixel = s / sigma moves by 0.006 / sigma per Adam step
+            # while the weights move by the learning rate.
+            scale_lr_multiplier=0.006 / sigma / peak_lr,
+        )
     model = linf_dist_net(
         task.input_shape, task.num_classes, depth=depth, width=width,
-        seed=args.seed, learned_scale=True,
+        seed=args.seed, learned_scale=True, **net_options,
     )
     progress = getattr(args, "progress", None)
     loss = losses.LinfDistHinge(
         epsilon=0.45, ce_weight=0.05, scale=model.get_layer("logit_scale")
     )
     callbacks = [
-        learning_rate_callback(cosine_decay(0.03), args),
-        _PNormProgress(progress, powers_of_two=p_powers_of_two),
+        learning_rate_callback(cosine_decay(peak_lr), args),
+        _PNormProgress(progress, powers_of_two=p_powers_of_two,
+                       p_warmup=p_warmup, p_fraction=p_fraction),
     ]
-    lam = _progress_param(
-        "ce_weight", lambda t: float(0.05 * (2e-4 / 0.05) ** t), args
-    )
+    if p_warmup > 0.0:
+        # The official lambda follows the p ratio (constant in the warm-up
+        # and at p = inf).
+        def ce_weight(t):
+            r = _p_ratio(t, p_warmup, p_fraction)
+            return float(0.05 * (2e-4 / 0.05) ** r)
+    else:
+        def ce_weight(t):
+            return float(0.05 * (2e-4 / 0.05) ** t)
+    lam = _progress_param("ce_weight", ce_weight, args)
     if lam is not None:
         callbacks.append(lam)
 
     def finalize(model, x_train):
         recompute_running_means(model, x_train[:10000])
+
+    if not recompute_means:
+        # The running means were updated at p = inf for the last part of
+        # training (as in the official code, which never recomputes them).
+        finalize = None
 
     return Recipe(
         model,
@@ -549,6 +591,28 @@ def linf_recommended(task, args):
     return linf_tutorial(task, args, p_powers_of_two=True)
 
 
+def linf_official_scale(task, args):
+    """The official MNIST ε = 0.3 recipe (zbh2047/L_inf-dist-net-v2,
+    `command/mnist_0.3.sh`) converted to pixel inputs, at width 1024.
+
+    The official code normalizes inputs by (x - 0.1307) / 0.3081; the same
+    network on pixels has weights and logits 0.3081 times smaller, so here
+    the peak learning rate is 0.03 x 0.3081, the kernels start at
+    N(0, 0.3081^2) with identity value 10 x 0.3081, and the learned
+    logit scale starts at 1 / 0.3081 and moves by 0.006 / 0.3081 per unit
+    step (the papers' scalar learning rate); the hinge threshold 0.45 is
+    already in pixel units. Schedules as the official 25 / 375 / 50 of 450
+    epochs: p = 8 for the first 5.6 % of the budget, geometric to 1000 until
+    88.9 % (rounded to powers of two, see `linf_recommended`), then p = inf;
+    λ decays along the same ratio. The running means are those updated
+    during the p = inf phase, as in the official code (no recomputation
+    after the budget)."""
+    return linf_tutorial(
+        task, args, p_powers_of_two=True, pixel_scale=0.3081,
+        p_warmup=25 / 450, p_fraction=400 / 450, recompute_means=False,
+    )
+
+
 RECIPES = {
     "mnist_l2": {
         "deel_tutorial": deel_tutorial,
@@ -562,6 +626,7 @@ RECIPES = {
     "mnist_linf": {
         "deel_tutorial": linf_tutorial,
         "recommended": linf_recommended,
+        "official_scale": linf_official_scale,
     },
     "fashion_mnist_l2": {
         "deel_tutorial": deel_tutorial,

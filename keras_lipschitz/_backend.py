@@ -61,6 +61,97 @@ def small_image_conv_is_slow(image_size, kernel_size):
     return jax.default_backend() == "cpu"
 
 
+def _jax_on_cpu():
+    if keras.config.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def fft_may_deadlock():
+    """Whether several FFTs in one compiled step can hang the process.
+
+    XLA's CPU FFT and jaxlib's batched LAPACK kernels (JAX on CPU, jax
+    0.10) split their work over the intra-op thread pool they are running
+    on and block until it is done; two such calls in flight at once (two
+    `CayleyConv2D` layers in one training step, on a 2-core machine) leave
+    every worker waiting for the others, forever. Seen here with gdb: the
+    workers parked in `jax::ParallelBatchMap` under `lapack_sgetrf_ffi`;
+    the same deadlock of XLA's `FftThunk` is reported upstream. Where this
+    returns True, the layers use DFTs written as matrix products instead.
+    """
+    return _jax_on_cpu()
+
+
+_GAUSS_JORDAN_SOLVE = []
+
+
+def _gauss_jordan(a, b):
+    """Unpivoted Gauss-Jordan elimination of `a x = b` (batched, JAX)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = a.shape[-1]
+    eye = jnp.eye(n, dtype=a.dtype)
+    augmented = jnp.concatenate([a, b], axis=-1)
+
+    def eliminate(i, m):
+        unit = eye[i]
+        row = jnp.einsum("...jk,j->...k", m, unit)
+        row = row / row[..., i][..., None]
+        column = m[..., :, i]
+        # Rows j != i lose column i; row i becomes the normalized row.
+        return m - (column - unit)[..., :, None] * row[..., None, :]
+
+    augmented = jax.lax.fori_loop(0, n, eliminate, augmented)
+    return augmented[..., n:]
+
+
+def solve_with_positive_definite_symmetric_part(a, b):
+    """Solves $a x = b$ for matrices with $a + a^T \\succ 0$ (batched).
+
+    `keras.ops.linalg.solve`, except with JAX on CPU, where jaxlib's batched
+    LU can deadlock (see `fft_may_deadlock`): there, Gauss-Jordan
+    elimination without pivoting, written with XLA ops (stable for such
+    matrices: every pivot's Schur complement keeps a positive definite
+    symmetric part), with the implicit gradient
+    $\\bar b = a^{-T}\\bar x$, $\\bar a = -\\bar b\\,x^T$ (one more
+    elimination, nothing stored per step).
+
+    Args:
+        a: float tensor `(..., n, n)` whose symmetric part is positive
+            definite (e.g. $I + S$ with $S$ skew-symmetric).
+        b: float tensor `(..., n, k)`.
+
+    Returns:
+        A tensor `(..., n, k)`.
+    """
+    if not _jax_on_cpu():
+        return keras.ops.linalg.solve(a, b)
+    if not _GAUSS_JORDAN_SOLVE:
+        import jax
+        import jax.numpy as jnp
+
+        @jax.custom_vjp
+        def solve(a, b):
+            return _gauss_jordan(a, b)
+
+        def forward(a, b):
+            x = _gauss_jordan(a, b)
+            return x, (a, x)
+
+        def backward(residuals, grad):
+            a, x = residuals
+            grad_b = _gauss_jordan(jnp.swapaxes(a, -1, -2), grad)
+            return -grad_b @ jnp.swapaxes(x, -1, -2), grad_b
+
+        solve.defvjp(forward, backward)
+        _GAUSS_JORDAN_SOLVE.append(solve)
+    b = keras.ops.broadcast_to(b, tuple(a.shape[:-1]) + (b.shape[-1],))
+    return _GAUSS_JORDAN_SOLVE[0](a, b)
+
+
 def fused_training_kernels(training, inputs):
     """The compiled TensorFlow CPU kernels, when this call may use them.
 

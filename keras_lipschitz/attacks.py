@@ -126,14 +126,17 @@ def pgd_l2(model, x, y, epsilon, steps=50, step_size=None, restarts=1, seed=0):
 
 
 def pgd_linf(
-    model, x, y, epsilon, steps=50, step_size=None, restarts=1, seed=0
+    model, x, y, epsilon, steps=50, step_size=None, restarts=1, seed=0,
+    input_range=None,
 ):
     """Projected gradient ascent on the margin inside ℓ∞ balls.
 
     The ℓ∞ mirror of `pgd_l2`: maximizes $\\max_{j\\ne y} z_j - z_y$ over
     $\\|\\delta\\|_\\infty \\le \\varepsilon$ with signed-gradient steps
-    (Madry et al., ICLR 2018) and clipping to each example's box. Inputs
-    are not clipped to a data range (the ball is the whole box).
+    (Madry et al., ICLR 2018) and clipping to each example's box. With
+    `input_range=(low, high)` the perturbed inputs are also clipped to
+    that range (the threat model of `certify(..., input_range=...)`);
+    otherwise the ball is the whole box.
 
     Args:
         model: a Keras model returning logits.
@@ -145,12 +148,31 @@ def pgd_linf(
         restarts: random restarts (the first starts at `x`, the others
             uniformly in the box).
         seed: seed of the random starts.
+        input_range: None or `(low, high)`, the valid input range.
 
     Returns:
         `(x_adv, success)`: the strongest perturbed inputs found, inside
         the boxes, and a boolean array, True where the prediction changed.
     """
+    if input_range is None:
+        return _projected_gradient_ascent(
+            model, x, y, epsilon, steps, step_size, restarts, seed,
+            _linf_start, _linf_ascend,
+        )
+    low, high = (float(v) for v in input_range)
+    x32 = np.asarray(x, np.float32)
+
+    def inside(delta):
+        # The perturbed input is clipped to the range, delta with it.
+        return (np.clip(x32 + delta, low, high) - x32).astype(np.float32)
+
+    def start(rng, x, eps):
+        return inside(_linf_start(rng, x, eps))
+
+    def ascend(delta, grad, alpha, eps):
+        return inside(_linf_ascend(delta, grad, alpha, eps))
+
     return _projected_gradient_ascent(
-        model, x, y, epsilon, steps, step_size, restarts, seed,
-        _linf_start, _linf_ascend,
+        model, x32, y, epsilon, steps, step_size, restarts, seed,
+        start, ascend,
     )

@@ -455,3 +455,101 @@ def test_mixed_precision_keeps_weights_float32():
     np.testing.assert_allclose(
         helpers.to_numpy(y), helpers.to_numpy(reference(x)), atol=2e-2
     )
+
+
+# ------------------------------------------------- JAX-on-CPU code paths
+def test_dft_matrix_path_matches_the_fft_path():
+    """The DFTs as matrix products (JAX on CPU) compute the FFT path's map,
+    for even and odd grids."""
+    from keras_lipschitz.layers import cayley
+
+    rng = np.random.default_rng(0)
+    for height, width in [(4, 4), (5, 6), (6, 5)]:
+        x = rng.normal(size=(2, 3, height, width)).astype("float32")
+        half = width // 2 + 1
+        q_r = rng.normal(size=(half, height, 4, 3)).astype("float32")
+        q_i = rng.normal(size=(half, height, 4, 3)).astype("float32")
+        by_fft = helpers.to_numpy(
+            cayley._apply_by_fft(x, q_r, q_i, (height, width))
+        )
+        by_matrices = helpers.to_numpy(
+            cayley._apply_by_dft_matrices(x, q_r, q_i, (height, width))
+        )
+        np.testing.assert_allclose(by_matrices, by_fft, atol=1e-5)
+
+
+def test_solve_matches_linalg_solve_values_and_gradients():
+    """`_backend.solve_with_positive_definite_symmetric_part` (Gauss-Jordan
+    with an implicit gradient on JAX-CPU) against float64 references."""
+    from keras import ops
+
+    from keras_lipschitz import _backend
+
+    rng = np.random.default_rng(1)
+    n, k = 6, 3
+    s = rng.normal(size=(4, n, n))
+    v = rng.normal(size=(4, 2, n))
+    a = np.eye(n) + s - np.swapaxes(s, -1, -2) + np.einsum(
+        "bki,bkj->bij", v, v
+    )
+    b = rng.normal(size=(4, n, k))
+    a32, b32 = a.astype("float32"), b.astype("float32")
+    x = helpers.to_numpy(
+        _backend.solve_with_positive_definite_symmetric_part(a32, b32)
+    )
+    x64 = np.linalg.solve(a, b)
+    np.testing.assert_allclose(x, x64, atol=1e-5)
+    # Gradient of sum(w * x): b_bar = a^-T w, a_bar = -b_bar x^T.
+    w = rng.normal(size=x64.shape)
+    b_bar = np.linalg.solve(np.swapaxes(a, -1, -2), w)
+    a_bar = -b_bar @ np.swapaxes(x64, -1, -2)
+
+    weights = w.astype("float32")
+
+    def objective(a_t, b_t):
+        solved = _backend.solve_with_positive_definite_symmetric_part(a_t, b_t)
+        return ops.sum(solved * ops.convert_to_tensor(weights))
+
+    _, grad_a = _backend.value_and_input_gradient(
+        lambda a_t: objective(a_t, ops.convert_to_tensor(b32)), a32
+    )
+    _, grad_b = _backend.value_and_input_gradient(
+        lambda b_t: objective(ops.convert_to_tensor(a32), b_t), b32
+    )
+    np.testing.assert_allclose(helpers.to_numpy(grad_a), a_bar, atol=1e-4)
+    np.testing.assert_allclose(helpers.to_numpy(grad_b), b_bar, atol=1e-4)
+
+
+def test_several_cayley_layers_train_without_hanging():
+    """Two or more layers in one step hung JAX on CPU (jaxlib's batched LU
+    and XLA's FFT block the thread pool they run on); run in a subprocess
+    with a timeout so that a regression fails instead of hanging."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, keras\n"
+        "from keras_lipschitz.layers import CayleyConv2D, GroupSort2\n"
+        "x = inputs = keras.Input((8, 8, 4))\n"
+        "for _ in range(3):\n"
+        "    x = GroupSort2()(CayleyConv2D(4, 3)(x))\n"
+        "model = keras.Model(inputs, x)\n"
+        "model.compile(optimizer='sgd', loss='mse')\n"
+        "data = np.random.default_rng(0).normal(size=(8, 8, 8, 4))\n"
+        "data = data.astype('float32')\n"
+        "for _ in range(3):\n"
+        "    model.train_on_batch(data, data)\n"
+        "print('TRAINED')\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND=keras.config.backend())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True,
+            text=True, timeout=240,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("three CayleyConv2D layers hung in training")
+    assert "TRAINED" in result.stdout, result.stderr[-2000:]

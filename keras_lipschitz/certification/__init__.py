@@ -3,7 +3,7 @@
 Entry points: `certify`, `certified_accuracy` and `lipschitz_bound`
 (`api`). `select_certificate` (`dispatch`) says which certificate a model
 gets. One module per certificate: `global_l2`, `lln`, `liplt_pairwise`,
-`curvature_head`, `binary`, `linf_margin`, `linf_ibp`. Below them,
+`curvature_head`, `binary`, `linf_margin`, `linf_ibp`, `linf_box`. Below them,
 `composition` composes guaranteed layer bounds over a model's graph, and
 `_common` / `_linf` hold the helpers they share. The maths lives in
 `keras_lipschitz.bounds`, `keras_lipschitz.liplt` and

@@ -8,6 +8,7 @@ rules, in order:
 |---|---|---|
 | `"linf"` | ℓ∞-distance body, no head | `linf_margin` |
 | `"linf"` | ℓ∞-distance body + MLP head | `linf_ibp` |
+| `"linf"`, with `input_range` | ℓ∞-distance body, with or without head | `linf_box` |
 | `"l2"` | output made by a `CRCLipHead` | `curvature_head` |
 | `"l2"` | one output score (`(N,)` or `(N, 1)`) | `binary` |
 | `"l2"`, method `"product"` | ends in a linear layer | `lln` |
@@ -29,6 +30,7 @@ from keras_lipschitz.certification import _linf
 from keras_lipschitz.certification import binary
 from keras_lipschitz.certification import curvature_head
 from keras_lipschitz.certification import global_l2
+from keras_lipschitz.certification import linf_box
 from keras_lipschitz.certification import linf_ibp
 from keras_lipschitz.certification import linf_margin
 from keras_lipschitz.certification import liplt_pairwise
@@ -42,13 +44,14 @@ Certificate.__doc__ = """A certificate chosen for a model.
 
 Attributes:
     name: e.g. `"lln"`, `"global_l2"`, `"lln+liplt"`, `"binary"`,
-        `"curvature_head"`, `"linf_margin"` or `"linf_ibp"`.
+        `"curvature_head"`, `"linf_margin"`, `"linf_ibp"` or `"linf_box"`.
     run: `run(model, x, y, batch_size)` returns the float64 radii `(N,)`.
 """
 
 
-def validate(norm, method):
-    """Raises `ValueError` for an unknown `norm` or `method`."""
+def validate(norm, method, input_range=None):
+    """Raises `ValueError` for an unknown `norm` or `method`, or an
+    `input_range` that is not `(low, high)` or not used with ℓ∞."""
     if method not in METHODS:
         raise ValueError(
             "`method` must be 'auto', 'product' or 'liplt'. "
@@ -59,6 +62,14 @@ def validate(norm, method):
             "`norm` must be 'l2' or 'linf' for certify(). "
             f"Received: norm={norm!r}"
         )
+    if input_range is not None:
+        linf_box.validate_input_range(input_range)
+        if norm != "linf":
+            raise ValueError(
+                "`input_range` is used by the ℓ∞ certificates only "
+                "(norm='linf'); ℓ2 radii hold for every input. "
+                f"Received: norm={norm!r}, input_range={input_range!r}"
+            )
 
 
 def _certify_by_pairs(ratio_modules, model, x, y, batch_size):
@@ -77,7 +88,7 @@ def _pairwise(ratio_modules):
     )
 
 
-def select_certificate(model, norm="l2", method="auto"):
+def select_certificate(model, norm="l2", method="auto", input_range=None):
     """The certificate `certify(model, ..., norm, method)` uses.
 
     Args:
@@ -85,6 +96,9 @@ def select_certificate(model, norm="l2", method="auto"):
         norm: `"l2"` or `"linf"`.
         method: `"auto"`, `"product"` or `"liplt"` (ℓ2 multiclass models;
             see `keras_lipschitz.certify`).
+        input_range: None, or `(low, high)` with `norm="linf"`: the
+            interval-bound certificate `linf_box` on inputs kept in that
+            range.
 
     Returns:
         A `Certificate` `(name, run)`.
@@ -94,9 +108,14 @@ def select_certificate(model, norm="l2", method="auto"):
             applies to, or (with `method="liplt"`) a model LipLT does not
             support.
     """
-    validate(norm, method)
+    validate(norm, method, input_range)
     if norm == "linf":
         _, head = _linf.split_linf_model(model)
+        if input_range is not None:
+            return Certificate(
+                linf_box.NAME,
+                functools.partial(linf_box.certify, input_range=input_range),
+            )
         module = linf_ibp if head else linf_margin
         return Certificate(module.NAME, module.certify)
     if curvature_head.applies(model):

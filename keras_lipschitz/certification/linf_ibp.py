@@ -53,7 +53,22 @@ def ibp_margin_lower_bounds(features, labels, affine, epsilon):
         float64 `(N, C)`, $+\\infty$ in the label's column.
     """
     eps = epsilon[:, None]
-    lower, upper = features - eps, features + eps
+    return ibp_box_margin_lower_bounds(
+        features - eps, features + eps, labels, affine
+    )
+
+
+def ibp_box_margin_lower_bounds(lower, upper, labels, affine):
+    """Lower bounds of $z_y - z_j$ over the feature boxes `[lower, upper]`.
+
+    Args:
+        lower, upper: float64 `(N, F)`, the boxes of the body's features.
+        labels: int `(N,)`.
+        affine: the head, `[(kernel, bias, relu_after), ...]`.
+
+    Returns:
+        float64 `(N, C)`, $+\\infty$ in the label's column.
+    """
     for kernel, bias, relu in affine[:-1]:
         center, radius = (upper + lower) / 2, (upper - lower) / 2
         center = center @ kernel + bias

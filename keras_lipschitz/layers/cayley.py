@@ -8,7 +8,9 @@ frequency block by its (rectangular) Cayley transform, a matrix with
 orthonormal columns or rows, and so is an exactly orthogonal map (up to
 float32 rounding) for every value of its weights.
 
-Everything is `keras.ops`: `rfft`/`fft`/`irfft` for the input, a DFT table
+Everything is `keras.ops`: `rfft`/`fft`/`irfft` for the input (DFTs as
+matrix products with JAX on CPU, where XLA's FFT can deadlock; see
+`keras_lipschitz._backend.fft_may_deadlock`), a DFT table
 for the small kernel, and the complex $c \\times c$ solves written in their
 real block form $[[A_r, -A_i], [A_i, A_r]]$, so no backend code is needed.
 The raw kernel and the scale $\\alpha$ are never overwritten: the frequency
@@ -137,7 +139,10 @@ def cayley_tall(z_real, z_imag):
         [identity, ops.zeros((n, n), dtype=z_real.dtype)], axis=0
     )
     rhs = ops.broadcast_to(rhs, tuple(block.shape[:-1]) + (n,))
-    solution = ops.linalg.solve(block, rhs)
+    # I + A has a positive definite symmetric part (I + V^T V).
+    solution = _backend.solve_with_positive_definite_symmetric_part(
+        block, rhs
+    )
     b_r, b_i = solution[..., :n, :], solution[..., n:, :]
     q_r, q_i = 2.0 * b_r - identity, 2.0 * b_i
     if m > n:
@@ -196,6 +201,96 @@ def _frequency_matrices(kernel, alpha, dft_cos, dft_sin):
 
 
 _COMPILED = {}
+
+
+# One complex matrix-vector product per frequency (v: W_f, u: H).
+_FREQUENCY_PRODUCT = "vuoc,bcvu->bovu"
+
+
+def _frequency_product(q_r, q_i, x_r, x_i):
+    eq = _FREQUENCY_PRODUCT
+    y_r = ops.einsum(eq, q_r, x_r) - ops.einsum(eq, q_i, x_i)
+    y_i = ops.einsum(eq, q_r, x_i) + ops.einsum(eq, q_i, x_r)
+    return y_r, y_i
+
+
+def _apply_by_fft(x, q_r, q_i, grid):
+    """The layer's map on `x` `(b, c, H, W)` with `keras.ops` FFTs."""
+    height, width = grid
+    # Forward DFT: rfft along W, then fft along H (moved last).
+    x_r, x_i = ops.rfft(x, fft_length=width)
+    x_r = ops.transpose(x_r, (0, 1, 3, 2))
+    x_i = ops.transpose(x_i, (0, 1, 3, 2))
+    x_r, x_i = ops.fft((x_r, x_i))  # (batch, n, W_f, H)
+    y_r, y_i = _frequency_product(q_r, q_i, x_r, x_i)
+    # Inverse DFT along H as conj(fft(conj(.))) / H, then irfft along W.
+    y_r, y_i = ops.fft((y_r, -y_i))
+    y_r = ops.transpose(y_r, (0, 1, 3, 2)) / height
+    y_i = ops.transpose(-y_i, (0, 1, 3, 2)) / height
+    return ops.irfft((y_r, y_i), fft_length=width)  # (b, m, H, W)
+
+
+def _input_dft_tables(height, width):
+    """float32 tables of the DFTs of `_apply_by_dft_matrices`.
+
+    `cos_w`, `sin_w` `(W, W_f)`: the rfft along W; `cos_h`, `sin_h`
+    `(H, H)`: the full DFT along H (symmetric); `inv_cos_w`, `inv_sin_w`
+    `(W_f, W)`: the irfft along W, with the weights 1 for the frequencies
+    0 and W/2 and 2 for the others (Hermitian symmetry), divided by W. The
+    angles are reduced modulo the grid in integers, then evaluated in
+    float64.
+    """
+    half = width // 2 + 1
+    w = np.arange(width)
+    k = np.arange(half)
+    angle_w = 2 * np.pi * ((np.outer(w, k) % width) / width)
+    h = np.arange(height)
+    angle_h = 2 * np.pi * ((np.outer(h, h) % height) / height)
+    weights = np.full(half, 2.0)
+    weights[0] = 1.0
+    if width % 2 == 0:
+        weights[-1] = 1.0
+    inverse = weights[:, None] / width
+    tables = dict(
+        cos_w=np.cos(angle_w),
+        sin_w=np.sin(angle_w),
+        cos_h=np.cos(angle_h),
+        sin_h=np.sin(angle_h),
+        inv_cos_w=inverse * np.cos(angle_w).T,
+        inv_sin_w=inverse * np.sin(angle_w).T,
+    )
+    return {key: value.astype(np.float32) for key, value in tables.items()}
+
+
+def _apply_by_dft_matrices(x, q_r, q_i, grid):
+    """`_apply_by_fft` with the DFTs written as matrix products.
+
+    For XLA on CPU (`_backend.fft_may_deadlock`). The same map up to
+    float32 rounding; $O(HW(H + W))$ operations per channel instead of
+    $O(HW\log HW)$, as dense matrix products.
+    """
+    height, width = grid
+    t = {k: ops.convert_to_tensor(v) for k, v in
+         _input_dft_tables(height, width).items()}
+    # rfft along W, the result already laid out (b, n, W_f, H).
+    x_r = ops.einsum("bnhw,wk->bnkh", x, t["cos_w"])
+    x_i = -ops.einsum("bnhw,wk->bnkh", x, t["sin_w"])
+    # DFT along H: (a + ib)(cos - i sin).
+    x_r, x_i = (
+        ops.matmul(x_r, t["cos_h"]) + ops.matmul(x_i, t["sin_h"]),
+        ops.matmul(x_i, t["cos_h"]) - ops.matmul(x_r, t["sin_h"]),
+    )
+    y_r, y_i = _frequency_product(q_r, q_i, x_r, x_i)
+    # Inverse DFT along H: (a + ib)(cos + i sin) / H.
+    y_r, y_i = (
+        (ops.matmul(y_r, t["cos_h"]) - ops.matmul(y_i, t["sin_h"])) / height,
+        (ops.matmul(y_i, t["cos_h"]) + ops.matmul(y_r, t["sin_h"])) / height,
+    )
+    # irfft along W (the imaginary parts at frequencies 0 and W/2 meet
+    # sin = 0, as irfft ignores them).
+    return ops.einsum("bokh,kw->bohw", y_r, t["inv_cos_w"]) - ops.einsum(
+        "bokh,kw->bohw", y_i, t["inv_sin_w"]
+    )
 
 
 def _host_frequency_matrices():
@@ -532,22 +627,11 @@ class CayleyConv2D(keras.layers.Layer):
             x = ops.transpose(x, (0, 3, 1, 2))
         if self.strides == 2:
             x = self._space_to_depth(x)
-        height, width = self.grid
         q_r, q_i = self._frequency_matrices(self.kernel, self.alpha)
-        # Forward DFT: rfft along W, then fft along H (moved last).
-        x_r, x_i = ops.rfft(x, fft_length=width)
-        x_r = ops.transpose(x_r, (0, 1, 3, 2))
-        x_i = ops.transpose(x_i, (0, 1, 3, 2))
-        x_r, x_i = ops.fft((x_r, x_i))  # (batch, n, W_f, H)
-        # One complex matrix-vector product per frequency.
-        equation = "vuoc,bcvu->bovu"
-        y_r = ops.einsum(equation, q_r, x_r) - ops.einsum(equation, q_i, x_i)
-        y_i = ops.einsum(equation, q_r, x_i) + ops.einsum(equation, q_i, x_r)
-        # Inverse DFT along H as conj(fft(conj(.))) / H, then irfft along W.
-        y_r, y_i = ops.fft((y_r, -y_i))
-        y_r = ops.transpose(y_r, (0, 1, 3, 2)) / height
-        y_i = ops.transpose(-y_i, (0, 1, 3, 2)) / height
-        outputs = ops.irfft((y_r, y_i), fft_length=width)  # (b, m, H, W)
+        if _backend.fft_may_deadlock():
+            outputs = _apply_by_dft_matrices(x, q_r, q_i, self.grid)
+        else:
+            outputs = _apply_by_fft(x, q_r, q_i, self.grid)
         if self.data_format == "channels_last":
             outputs = ops.transpose(outputs, (0, 2, 3, 1))
         outputs = ops.cast(outputs, inputs.dtype)

@@ -823,15 +823,22 @@ class LogitScale(keras.layers.Identity):
     the training step, where the optimizer sees it as a model weight. Being
     a `keras.layers.Identity`, it is accepted by the ℓ∞ certification.
 
-    $s = m\\,\\theta$ with $\\theta$ the trainable weight (initially $1/m$,
-    so $s = 1$) and $m$ = `lr_multiplier`: Adam's step on $\\theta$ is
+    $s = m\\,\\theta$ with $\\theta$ the trainable weight (initially
+    $s_0/m$, so $s = s_0$ = `initial_scale`, 1 in the papers) and $m$ =
+    `lr_multiplier`: Adam's step on $\\theta$ is
     about the learning rate whatever the gradient's size, so $s$ moves
     about $m$ times the learning rate, as with a per-parameter learning
     rate. The default $m = 0.2 = 0.006 / 0.03$ reproduces the papers'
     ratio with Adam (a cosine schedule scales both alike).
 
+    Inputs in pixel units ($[0, 1]$) instead of the papers' normalized
+    $(x - \\mu)/\\sigma$ make every logit $\\sigma$ times smaller for the
+    same function; `initial_scale` $= 1/\\sigma$ (and a matching
+    `lr_multiplier`) then gives the papers' CE term exactly.
+
     Args:
         lr_multiplier: float > 0, $m$.
+        initial_scale: float > 0, $s_0$.
         **kwargs: base layer arguments (`name`, ...).
 
     Example:
@@ -845,17 +852,22 @@ class LogitScale(keras.layers.Identity):
     1.0
     """
 
-    def __init__(self, lr_multiplier=0.2, **kwargs):
+    def __init__(self, lr_multiplier=0.2, initial_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         self.lr_multiplier = _validation.validate_positive_number(
             "lr_multiplier", lr_multiplier
+        )
+        self.initial_scale = _validation.validate_positive_number(
+            "initial_scale", initial_scale
         )
 
     def build(self, input_shape):
         self.raw_scale = self.add_weight(
             name="raw_scale",
             shape=(),
-            initializer=keras.initializers.Constant(1.0 / self.lr_multiplier),
+            initializer=keras.initializers.Constant(
+                self.initial_scale / self.lr_multiplier
+            ),
             autocast=False,
         )
 
@@ -867,6 +879,7 @@ class LogitScale(keras.layers.Identity):
     def get_config(self):
         config = super().get_config()
         config["lr_multiplier"] = self.lr_multiplier
+        config["initial_scale"] = self.initial_scale
         return config
 
 

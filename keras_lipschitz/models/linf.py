@@ -26,6 +26,9 @@ def linf_dist_net(
     chunk_size=DEFAULT_CHUNK_SIZE,
     seed=None,
     learned_scale=False,
+    kernel_initializer=None,
+    scale_lr_multiplier=0.2,
+    initial_scale=1.0,
     name=None,
 ):
     """The papers' ℓ∞-distance MLP (optionally SortNet, optionally MLP head).
@@ -68,6 +71,11 @@ def linf_dist_net(
         chunk_size: chunk size of the distance layers.
         seed: seed of the SortNet subsets.
         learned_scale: bool, add the `LogitScale` layer.
+        kernel_initializer: None (the layers' default,
+            $\\mathcal{N}(0, 1)$) or the initializer of every distance
+            layer's kernel (before the identity-like values).
+        scale_lr_multiplier: the `LogitScale`'s `lr_multiplier`.
+        initial_scale: the `LogitScale`'s `initial_scale`.
         name: model name.
 
     Returns:
@@ -83,7 +91,12 @@ def linf_dist_net(
         head_units = _validation.validate_positive_int(
             "head_units", head_units
         )
-    common = dict(p=p, identity_value=identity_value, chunk_size=chunk_size)
+    common = dict(
+        p=p,
+        identity_value=identity_value,
+        chunk_size=chunk_size,
+        kernel_initializer=kernel_initializer,
+    )
 
     def distance(units, first, **kwargs):
         if neuron == "sortnet":
@@ -113,7 +126,13 @@ def linf_dist_net(
             )
         )
     if learned_scale:
-        layers.append(LogitScale(name="logit_scale"))
+        layers.append(
+            LogitScale(
+                lr_multiplier=scale_lr_multiplier,
+                initial_scale=initial_scale,
+                name="logit_scale",
+            )
+        )
     if head_units is not None:
         layers.append(keras.layers.Dense(head_units, activation="relu"))
         layers.append(keras.layers.Dense(num_classes))
