@@ -313,6 +313,26 @@ def _progress_param(loss_param, schedule, args, levels=10):
     return LossParamScheduler(loss_param, value, update_freq="batch")
 
 
+def linf_pixel_scale_options(sigma, peak_lr):
+    """`linf_dist_net` options equivalent, on pixel inputs, to the official
+    init on inputs normalized by `sigma` (MNIST: 0.3081).
+
+    With normalized inputs $(x - \\mu)/\\sigma$ the same network on pixels
+    has every weight and logit times $\\sigma$: kernels $N(0, \\sigma^2)$,
+    identity value $10\\sigma$, logit scale $1/\\sigma$ moving by
+    $0.006/\\sigma$ per Adam step while the weights move by `peak_lr`
+    (the official scalar learning rate 0.006).
+    """
+    return dict(
+        # Unseeded: a seeded initializer would give every layer of the
+        # same shape the same kernel (the global seed still applies).
+        kernel_initializer=keras.initializers.RandomNormal(stddev=sigma),
+        identity_value=10.0 * sigma,
+        initial_scale=1.0 / sigma,
+        scale_lr_multiplier=0.006 / sigma / peak_lr,
+    )
+
+
 def linf_tutorial(task, args, width=1024, depth=5, batch_size=512,
                   p_powers_of_two=False, pixel_scale=None, p_warmup=0.0,
                   p_fraction=0.75, recompute_means=True):
@@ -334,16 +354,7 @@ def linf_tutorial(task, args, width=1024, depth=5, batch_size=512,
     peak_lr = 0.03 * sigma
     net_options = {}
     if pixel_scale is not None:
-        net_options = dict(
-            # Unseeded: a seeded initializer would give every layer of the
-            # same shape the same kernel (the global seed still applies).
-            kernel_initializer=keras.initializers.RandomNormal(stddev=sigma),
-            identity_value=10.0 * sigma,
-            initial_scale=1.0 / sigma,
-            # s_pixel = s / sigma moves by 0.006 / sigma per Adam step
-            # while the weights move by the learning rate.
-            scale_lr_multiplier=0.006 / sigma / peak_lr,
-        )
+        net_options = linf_pixel_scale_options(sigma, peak_lr)
     model = linf_dist_net(
         task.input_shape, task.num_classes, depth=depth, width=width,
         seed=args.seed, learned_scale=True, **net_options,
@@ -580,7 +591,7 @@ def liresnet(task, args):
     )
 
 
-def linf_recommended(task, args):
+def linf_tutorial_pow2(task, args):
     """`deel_tutorial` (the ℓ∞-distance net) with p rounded to powers of two.
 
     The p schedule 8 -> 1000 becomes piecewise constant on 8, 16, 32, ...,
@@ -625,8 +636,9 @@ RECIPES = {
     },
     "mnist_linf": {
         "deel_tutorial": linf_tutorial,
-        "recommended": linf_recommended,
+        "recommended": linf_official_scale,
         "official_scale": linf_official_scale,
+        "tutorial_pow2": linf_tutorial_pow2,
     },
     "fashion_mnist_l2": {
         "deel_tutorial": deel_tutorial,

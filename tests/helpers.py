@@ -91,3 +91,15 @@ def save_and_load(model, tmp_path, name="model.keras"):
     path = str(tmp_path / name)
     model.save(path)
     return keras.saving.load_model(path)
+
+
+def blob_images(n=96, side=8, classes=3, seed=0):
+    """Classes of noisy `side`x`side` images, one bright 2x2 blob per class
+    at a class-specific place (for small certified-training tests)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = 0.1 * rng.normal(size=(n, side, side, 1))
+    for i, label in enumerate(y):
+        r = 2 * label + 1
+        x[i, r : r + 2, r : r + 2, 0] += 1.0
+    return x.astype("float32"), y

@@ -15,15 +15,7 @@ from keras_lipschitz.models.sll import SLL_NET_SIZES
 from tests import helpers
 
 
-def _images(n=96, side=8, classes=3, seed=0):
-    """Three classes of 8x8 images: noisy bright blobs in different places."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    x = 0.1 * rng.normal(size=(n, side, side, 1))
-    for i, label in enumerate(y):
-        r = 2 * label + 1
-        x[i, r : r + 2, r : r + 2, 0] += 1.0
-    return x.astype("float32"), y
+_images = helpers.blob_images
 
 
 def _sll_net():

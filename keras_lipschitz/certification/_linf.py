@@ -109,3 +109,32 @@ def forward(layers, x, batch_size):
             h = layer(h, training=False)
         outputs.append(np.asarray(keras.ops.convert_to_numpy(h), np.float64))
     return np.concatenate(outputs, axis=0)
+
+
+def search_radius(certified, ok, low, high, bisection_steps):
+    """The largest radius found certified, per example.
+
+    Args:
+        certified: `certified(eps)` -> boolean `(N,)`, monotone in `eps`
+            (certified at a radius implies certified at every smaller one).
+        ok: boolean `(N,)`, the examples to search (others keep `low`).
+        low: float64 `(N,)`, radii known to be certified.
+        high: float64 `(N,)`, first radii to try, above `low`.
+        bisection_steps: bisection steps after the bracket.
+
+    Returns:
+        float64 `(N,)`: `high` is doubled while certified (at most 60
+        times), then `[low, high]` is bisected; the result is certified.
+    """
+    for _ in range(60):
+        still = ok & certified(high)
+        if not np.any(still):
+            break
+        low = np.where(still, high, low)
+        high = np.where(still, 2.0 * high, high)
+    for _ in range(bisection_steps):
+        mid = (low + high) / 2
+        good = ok & certified(mid)
+        low = np.where(good, mid, low)
+        high = np.where(good, high, mid)
+    return low

@@ -32,6 +32,7 @@ is done in float64.
 import numpy as np
 from keras import ops
 
+from keras_lipschitz import _backend
 from keras_lipschitz.certification import _common
 from keras_lipschitz.certification import _linf
 from keras_lipschitz.certification import linf_ibp
@@ -80,52 +81,78 @@ def _outward_float32(lower, upper):
     return low32, up32
 
 
-def _max_abs(tensor):
-    return float(ops.convert_to_numpy(ops.max(ops.abs(tensor))))
+# Compiled interval functions, one per layer configuration (JAX compiles
+# each once; TensorFlow and torch run the ops eagerly).
+_INTERVAL_FUNCTIONS = {}
+
+
+def _interval_function(weights, negate, block):
+    """`f(lower, upper, kernel, mean, bias) -> (low, high)` for one layer.
+
+    `weights`: None for the ℓ∞ neuron, else SortNet's $\\nu$ (a tuple);
+    `block`: units per `(batch, inputs, units)` block.
+    """
+    key = (weights, negate, block)
+    if key in _INTERVAL_FUNCTIONS:
+        return _INTERVAL_FUNCTIONS[key]
+
+    def interval(lower, upper, kernel, mean, bias):
+        units = kernel.shape[1]
+        low3, up3 = lower[:, :, None], upper[:, :, None]
+        lows, highs = [], []
+        for start in range(0, units, block):
+            w = kernel[None, :, start : start + block]
+            below, above = low3 - w, up3 - w
+            # Smallest |x - w| over [l, u]: 0 when w is inside it.
+            least = ops.relu(ops.maximum(below, -above))
+            most = ops.maximum(ops.abs(below), ops.abs(above))
+            if weights is None:
+                lows.append(ops.max(least, axis=1))
+                highs.append(ops.max(most, axis=1))
+            else:
+                nu = ops.convert_to_tensor(np.asarray(weights, np.float32))
+                k = len(weights)
+                least = ops.top_k(ops.transpose(least, (0, 2, 1)), k)[0]
+                most = ops.top_k(ops.transpose(most, (0, 2, 1)), k)[0]
+                lows.append(ops.sum(least * nu, axis=-1))
+                highs.append(ops.sum(most * nu, axis=-1))
+        low = ops.concatenate(lows, axis=-1) - mean + bias
+        high = ops.concatenate(highs, axis=-1) - mean + bias
+        if negate:
+            low, high = -high, -low
+        # Every float32 term above is at most this large in magnitude.
+        scale = (
+            ops.maximum(ops.max(ops.abs(lower)), ops.max(ops.abs(upper)))
+            + ops.max(ops.abs(kernel))
+            + ops.max(ops.abs(mean))
+            + ops.max(ops.abs(bias))
+        )
+        slack = _ROUNDING_SLACK * (scale + 1.0)
+        return low - slack, high + slack
+
+    compiled = _backend.compile_host_function(interval)
+    _INTERVAL_FUNCTIONS[key] = compiled
+    return compiled
 
 
 def _distance_interval(layer, lower, upper):
-    """Bounds `(batch, units)` of a distance layer's inference distances."""
+    """Bounds `(batch, units)` of a distance layer's inference outputs."""
     kernel = ops.cast(layer.kernel, "float32")
     dim, units = int(kernel.shape[0]), int(kernel.shape[1])
     batch = int(lower.shape[0])
     block = max(1, _BLOCK_ELEMENTS // max(1, batch * dim))
-    sortnet = isinstance(layer, SortNetDense)
-    if sortnet:
-        weights = layer.sorted_weights(dim)
-        nu = ops.convert_to_tensor(np.asarray(weights, np.float32))
-    low3, up3 = lower[:, :, None], upper[:, :, None]
-    lows, highs = [], []
-    for start in range(0, units, block):
-        w = kernel[None, :, start : start + block]
-        below, above = low3 - w, up3 - w
-        # Smallest |x - w| over [l, u]: 0 when w is inside the interval.
-        least = ops.relu(ops.maximum(below, -above))
-        most = ops.maximum(ops.abs(below), ops.abs(above))
-        if sortnet:
-            k = len(weights)
-            least = ops.top_k(ops.transpose(least, (0, 2, 1)), k)[0]
-            most = ops.top_k(ops.transpose(most, (0, 2, 1)), k)[0]
-            lows.append(ops.sum(least * nu, axis=-1))
-            highs.append(ops.sum(most * nu, axis=-1))
-        else:
-            lows.append(ops.max(least, axis=1))
-            highs.append(ops.max(most, axis=1))
-    low = ops.concatenate(lows, axis=-1)
-    high = ops.concatenate(highs, axis=-1)
-    scale = max(_max_abs(lower), _max_abs(upper)) + _max_abs(kernel)
-    if layer.mean_shift:
-        mean = ops.cast(layer.running_mean, "float32")
-        low, high = low - mean, high - mean
-        scale += _max_abs(mean)
-    if layer.bias is not None:
-        bias = ops.cast(layer.bias, "float32")
-        low, high = low + bias, high + bias
-        scale += _max_abs(bias)
-    if layer.negate:
-        low, high = -high, -low
-    slack = _ROUNDING_SLACK * (scale + 1.0)
-    return low - slack, high + slack
+    weights = None
+    if isinstance(layer, SortNetDense):
+        weights = tuple(float(w) for w in layer.sorted_weights(dim))
+    zeros = ops.zeros((units,), "float32")
+    mean = ops.cast(layer.running_mean, "float32") if layer.mean_shift else (
+        zeros
+    )
+    bias = ops.cast(layer.bias, "float32") if layer.bias is not None else (
+        zeros
+    )
+    function = _interval_function(weights, bool(layer.negate), block)
+    return function(lower, upper, kernel, mean, bias)
 
 
 def box_bounds(body, lower, upper):
@@ -261,15 +288,5 @@ def certify(model, x, y, batch_size, input_range=None):
         everywhere = ok & certified(np.full(len(x), width))
         ok = ok & ~everywhere
         high = np.where(ok, np.minimum(high, width), high)
-    for _ in range(60):
-        still = ok & certified(high)
-        if not np.any(still):
-            break
-        low = np.where(still, high, low)
-        high = np.where(still, 2.0 * high, high)
-    for _ in range(_BISECTION_STEPS):
-        mid = (low + high) / 2
-        good = ok & certified(mid)
-        low = np.where(good, mid, low)
-        high = np.where(good, high, mid)
+    low = _linf.search_radius(certified, ok, low, high, _BISECTION_STEPS)
     return np.where(everywhere, np.inf, np.where(ok, low, 0.0))

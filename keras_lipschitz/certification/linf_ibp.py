@@ -114,18 +114,7 @@ def certify(model, x, y, batch_size):
         return np.all(bound > 0, axis=1)
 
     ok = certified(np.zeros(n)) & np.all(np.isfinite(features), axis=1)
-    # Bracket: grow `high` until nothing is certified there.
-    low = np.zeros(n)
-    high = np.ones(n)
-    for _ in range(60):
-        still = ok & certified(high)
-        if not np.any(still):
-            break
-        low = np.where(still, high, low)
-        high = np.where(still, 2 * high, high)
-    for _ in range(_BISECTION_STEPS):
-        mid = (low + high) / 2
-        good = certified(mid)
-        low = np.where(good, mid, low)
-        high = np.where(good, high, mid)
+    low = _linf.search_radius(
+        certified, ok, np.zeros(n), np.ones(n), _BISECTION_STEPS
+    )
     return np.where(ok, low, 0.0)

@@ -151,3 +151,18 @@ def _activation_layer_lipschitz(layer):
             f"activation={layer!r}"
         )
     return float(bound())
+
+
+def image_shape_or_none(input_shape):
+    """`input_shape` as a tuple `(H, W, C)` of positive ints, or None.
+
+    For the model builders, which add their own conditions to the message
+    of the `ValueError` they raise on None.
+    """
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        return None
+    if len(shape) != 3 or min(shape) < 1:
+        return None
+    return shape

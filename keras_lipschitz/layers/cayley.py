@@ -267,7 +267,7 @@ def _apply_by_dft_matrices(x, q_r, q_i, grid):
 
     For XLA on CPU (`_backend.fft_may_deadlock`). The same map up to
     float32 rounding; $O(HW(H + W))$ operations per channel instead of
-    $O(HW\log HW)$, as dense matrix products.
+    $O(HW\\log HW)$, as dense matrix products.
     """
     height, width = grid
     t = {k: ops.convert_to_tensor(v) for k, v in

@@ -346,6 +346,45 @@ class _SLLBlock(keras.layers.Layer):
         return config
 
 
+class _ConvSLLBlock(_SLLBlock):
+    """Data format, channel axis and input checks of the conv SLL blocks."""
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.data_format = _validation.validate_data_format(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    @property
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _input_channels(self, input_shape):
+        """The known channel count of a rank-4 `input_shape`."""
+        input_shape = tuple(input_shape)
+        name = type(self).__name__
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"{name} expects inputs of rank 4. "
+                f"Received: input_shape={input_shape}"
+            )
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"{name} needs a known channel dimension "
+                f"(data_format={self.data_format!r}). "
+                f"Received: input_shape={input_shape}"
+            )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={self._channel_axis: int(channels)}
+        )
+        return int(channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config["data_format"] = self.data_format
+        return config
+
+
 @keras_lipschitz_export
 class SLLDense(_SLLBlock):
     """SDP-based Lipschitz dense residual block (SLL).
@@ -482,7 +521,7 @@ class SLLDense(_SLLBlock):
 
 
 @keras_lipschitz_export
-class SLLConv2D(_SLLBlock):
+class SLLConv2D(_ConvSLLBlock):
     """SDP-based Lipschitz convolutional residual block (SLL).
 
     Araujo et al. (ICLR 2023), convolutional form. With the raw kernel
@@ -570,39 +609,19 @@ class SLLConv2D(_SLLBlock):
     def __init__(
         self, kernel_size=3, inner_dim=None, data_format=None, **kwargs
     ):
-        super().__init__(inner_dim=inner_dim, **kwargs)
+        super().__init__(
+            inner_dim=inner_dim, data_format=data_format, **kwargs
+        )
         self.kernel_size = _validate_odd_kernel_size(kernel_size)
-        self.data_format = _validation.validate_data_format(data_format)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-
-    @property
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
 
     def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 4:
-            raise ValueError(
-                "SLLConv2D expects inputs of rank 4. "
-                f"Received: input_shape={input_shape}"
-            )
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                "SLLConv2D needs a known channel dimension "
-                f"(data_format={self.data_format!r}). "
-                f"Received: input_shape={input_shape}"
-            )
-        channels = int(channels)
+        channels = self._input_channels(input_shape)
         inner = self.inner_dim if self.inner_dim is not None else channels
         k_h, k_w = self.kernel_size
         self._add_weights(
             (k_h, k_w, channels, inner),
             fan_in=channels * k_h * k_w,
             fan_out=inner * k_h * k_w,
-        )
-        self.input_spec = keras.layers.InputSpec(
-            ndim=4, axes={self._channel_axis: channels}
         )
 
     def _inverse_t(self):
@@ -648,14 +667,12 @@ class SLLConv2D(_SLLBlock):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {"kernel_size": self.kernel_size, "data_format": self.data_format}
-        )
+        config["kernel_size"] = self.kernel_size
         return config
 
 
 @keras_lipschitz_export
-class SLLAOCConv2D(_SLLBlock):
+class SLLAOCConv2D(_ConvSLLBlock):
     """Strided, channel-changing SLL block with AOC pre/post convolutions.
 
     The "SLL x AOC" block of Boissin, Mamalet, Fel, Picard, Massena,
@@ -664,35 +681,35 @@ class SLLAOCConv2D(_SLLBlock):
     `SLLxAOCLipschitzResBlock`), which extends the SLL block of Araujo et
     al. (ICLR 2023) to strides and channel changes:
 
-    $$y = Q\Big(Px - 2\,K^T \star \big(t^{-1} \odot
-      \sigma(K \star Px + b)\big)\Big),$$
+    $$y = Q\\Big(Px - 2\\,K^T \\star \\big(t^{-1} \\odot
+      \\sigma(K \\star Px + b)\\big)\\Big),$$
 
     - $P$: an `AOCConv2D` from $c_{in}$ to $c_{in}$ channels, kernel
       `strides`, stride 1 (an orthogonal convolution; with zero padding
       its norm is at most 1);
     - the SLL core (as `SLLConv2D`) with kernel $K$ of size
       `kernel_size - strides + 1` from $c_{in}$ to `inner_dim` channels,
-      zero "same" padding and its exact adjoint $K^T\star$ (even sizes
+      zero "same" padding and its exact adjoint $K^T\\star$ (even sizes
       are padded as Keras does, the adjoint with the mirrored padding);
     - $Q$: an `AOCConv2D` from $c_{in}$ to `filters` channels with kernel
       and stride `strides` (RKO: space-to-depth and an orthonormal 1x1
       map, norm at most 1).
 
-    The receptive field of $K\star P$ is `kernel_size`, as in the official
-    block, which fuses $K \circledast P$, $Q \circledast K^T$ and
-    $Q \circledast P$ into three convolutions. Here the three maps are
+    The receptive field of $K\\star P$ is `kernel_size`, as in the official
+    block, which fuses $K \\circledast P$, $Q \\circledast K^T$ and
+    $Q \\circledast P$ into three convolutions. Here the three maps are
     applied one after the other: the same function on the infinite plane,
     and with zero padding an exact composition of three maps of norm at
     most 1, so the proof needs no alignment argument at the borders.
 
     **Guaranteed bound.** `lipschitz_upper_bound()` is the product of the
     float64 bounds of $P$, of the SLL core (as `SLLConv2D`) and of $Q$:
-    about $1 + 4\cdot 10^{-6}$, valid for every input size.
+    about $1 + 4\\cdot 10^{-6}$, valid for every input size.
 
     **Defaults** (orthogonium): `kernel_size=3`, `strides=2`, ReLU,
     `inner_dim=None` = `filters` (orthogonium's `inner_dim_factor=1`);
     the SLL core as `SLLConv2D` (Xavier-normal kernel, uniform bias,
-    $\log q \sim \mathcal{N}(0, 1)$); $P$ and $Q$ as `AOCConv2D` with
+    $\\log q \\sim \\mathcal{N}(0, 1)$); $P$ and $Q$ as `AOCConv2D` with
     zero "same" padding and no bias. `groups` is not supported.
 
     **Not exportable.** The block is nonlinear; `vanilla_export` keeps it.
@@ -736,7 +753,9 @@ class SLLAOCConv2D(_SLLBlock):
         data_format=None,
         **kwargs,
     ):
-        super().__init__(inner_dim=inner_dim, **kwargs)
+        super().__init__(
+            inner_dim=inner_dim, data_format=data_format, **kwargs
+        )
         self.filters = _validation.validate_positive_int("filters", filters)
         self.kernel_size = _validation.validate_int_tuple(
             "kernel_size", kernel_size
@@ -748,28 +767,10 @@ class SLLAOCConv2D(_SLLBlock):
                 "SLL core's kernel has size kernel_size - strides + 1. "
                 f"Received: kernel_size={kernel_size!r}, strides={strides!r}"
             )
-        self.data_format = _validation.validate_data_format(data_format)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-
-    @property
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
 
     def build(self, input_shape):
+        channels = self._input_channels(input_shape)
         input_shape = tuple(input_shape)
-        if len(input_shape) != 4:
-            raise ValueError(
-                "SLLAOCConv2D expects inputs of rank 4. "
-                f"Received: input_shape={input_shape}"
-            )
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                "SLLAOCConv2D needs a known channel dimension "
-                f"(data_format={self.data_format!r}). "
-                f"Received: input_shape={input_shape}"
-            )
-        channels = int(channels)
         inner = self.inner_dim if self.inner_dim is not None else self.filters
         k_h, k_w = (k - s + 1 for k, s in zip(self.kernel_size, self.strides))
         self._add_weights(
@@ -804,9 +805,6 @@ class SLLAOCConv2D(_SLLBlock):
             name="post_conv",
         )
         self.post_conv.build(last)
-        self.input_spec = keras.layers.InputSpec(
-            ndim=4, axes={self._channel_axis: channels}
-        )
 
     def _inverse_t(self):
         return _conv_inverse_t(self.kernel, self.log_q)
@@ -861,7 +859,6 @@ class SLLAOCConv2D(_SLLBlock):
                 "filters": self.filters,
                 "kernel_size": self.kernel_size,
                 "strides": self.strides,
-                "data_format": self.data_format,
             }
         )
         return config

@@ -105,11 +105,8 @@ def AOCNet(
             f"{embedding_dim // 8}, the channels of the first stage. "
             f"Received: groups={groups}"
         )
-    try:
-        input_shape = tuple(int(d) for d in input_shape)
-    except (TypeError, ValueError):
-        input_shape = None
-    if input_shape is None or len(input_shape) != 3 or min(input_shape) < 1:
+    input_shape = _validation.image_shape_or_none(input_shape)
+    if input_shape is None:
         raise ValueError(
             "`input_shape` must be (H, W, C), channels last, with positive "
             f"sizes. Received: input_shape={input_shape!r}"

@@ -92,14 +92,9 @@ def LiResNet(
     power_iterations = _validation.validate_positive_int(
         "power_iterations", power_iterations
     )
-    try:
-        input_shape = tuple(int(d) for d in input_shape)
-    except (TypeError, ValueError):
-        input_shape = None
+    input_shape = _validation.image_shape_or_none(input_shape)
     if (
         input_shape is None
-        or len(input_shape) != 3
-        or min(input_shape) < 1
         or input_shape[0] % neck_size
         or input_shape[1] % neck_size
     ):

@@ -139,14 +139,9 @@ def SLLNet(
         "num_classes", num_classes, minimum=2
     )
     pool_size = _validation.validate_positive_int("pool_size", pool_size)
-    try:
-        input_shape = tuple(int(d) for d in input_shape)
-    except (TypeError, ValueError):
-        input_shape = None
+    input_shape = _validation.image_shape_or_none(input_shape)
     if (
         input_shape is None
-        or len(input_shape) != 3
-        or min(input_shape) < 1
         or input_shape[0] % pool_size
         or input_shape[1] % pool_size
         or input_shape[2] > width
