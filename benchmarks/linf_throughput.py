@@ -27,7 +27,7 @@ subprocess (`KERAS_BACKEND` set before Keras is imported):
   also compiles). Reported: the process's peak RSS (`ru_maxrss`, imports
   and framework included) and its increase over the RSS just before the
   step. The naive broadcast is not run at this size: its $(B, D, N)$
-  difference tensor alone is $512\cdot5120\cdot5120\cdot4$ B = 53.7 GB
+  difference tensor alone is $512\\cdot5120\\cdot5120\\cdot4$ B = 53.7 GB
   (50 GiB), and autodiff keeps several such tensors for the backward, so
   the reference column is that analytic lower bound.
 

@@ -287,12 +287,12 @@ def batched_power_iteration(matrices, u, iterations):
     For matrices $W_b$ on the last two axes of `matrices` (shape
     `(..., m, n)`, Keras convention $y = xW_b$) and row vectors $u_b$ of
     shape `(..., 1, n)`, each step is
-    $v_b \leftarrow u_bW_b^T/\|u_bW_b^T\|$,
-    $u_b \leftarrow v_bW_b/\|v_bW_b\|$ (norms per matrix), and the
-    estimate is $\hat\sigma_b = \|v_bW_b\|$ from the last step, computed
+    $v_b \\leftarrow u_bW_b^T/\\|u_bW_b^T\\|$,
+    $u_b \\leftarrow v_bW_b/\\|v_bW_b\\|$ (norms per matrix), and the
+    estimate is $\\hat\\sigma_b = \\|v_bW_b\\|$ from the last step, computed
     with the differentiable `matrices` while $v_b$ is gradient-stopped (its
     gradient is $v_b^Tu_b$ at convergence, as in Miyato et al., ICLR 2018).
-    Each $\hat\sigma_b \le \sigma_{max}(W_b)$: a lower bound, tight
+    Each $\\hat\\sigma_b \\le \\sigma_{max}(W_b)$: a lower bound, tight
     once converged.
 
     Args:

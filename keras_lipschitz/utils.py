@@ -170,8 +170,8 @@ def compute_layer_sv(
     >>> layer = keras.layers.Dense(2, use_bias=False)
     >>> _ = layer(np.ones((1, 2), "float32"))
     >>> _ = layer.kernel.assign(np.diag([3.0, 0.5]).astype("float32"))
-    >>> [round(v, 4) for v in compute_layer_sv(layer)]
-    [0.5, 3.0]
+    >>> tuple(round(v, 4) for v in compute_layer_sv(layer))
+    (0.5, 3.0)
     """
     from keras_lipschitz.layers import conv
     from keras_lipschitz.layers import pooling

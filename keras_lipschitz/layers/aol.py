@@ -270,8 +270,8 @@ class AOLConv2D(_LipschitzConv2D):
 
     **Circular padding** (`padding="circular"`, spatial sizes multiples of
     the strides): the Gram operator of a circular conv on the torus has the
-    blocks $\sum_{s' \equiv s}M_{ij}(s')$ (shifts taken modulo the size),
-    whose absolute row sums are at most $\sum_j\sum_s|M_{ij}(s)|$, so the
+    blocks $\\sum_{s' \\equiv s}M_{ij}(s')$ (shifts taken modulo the size),
+    whose absolute row sums are at most $\\sum_j\\sum_s|M_{ij}(s)|$, so the
     same Schur test holds on every torus, and a stride only subsamples the
     rows. The input is wrapped around (Keras's "same" amounts) and then
     convolved with "valid" padding; a layer built with a static size

@@ -1849,9 +1849,8 @@ class PadConv2D(keras.layers.Layer):
         data_format: `"channels_last"`, `"channels_first"` or None.
         activation: None or a Keras activation with a known constant.
         use_bias: bool.
-        kernel_initializer, bias_initializer, kernel_regularizer,
-        bias_regularizer, kernel_constraint, bias_constraint: as in
-            `keras.layers.Conv2D`.
+        **kwargs: `kernel_initializer`, `bias_initializer`, the
+            regularizers and constraints, as in `keras.layers.Conv2D`.
 
     Example:
 

@@ -723,9 +723,8 @@ class SLLAOCConv2D(_ConvSLLBlock):
         activation: a monotone activation of slope at most 1 (see
             `SLLDense`); default `"relu"`.
         data_format: `"channels_last"`, `"channels_first"` or None.
-        use_bias, kernel_initializer, bias_initializer, log_q_initializer,
-        kernel_regularizer, bias_regularizer, kernel_constraint,
-        bias_constraint: the SLL core's weights, as in `SLLConv2D`.
+        **kwargs: the SLL core's `use_bias`, initializers, regularizers
+            and constraints, as in `SLLConv2D`.
 
     Input shape:
         4-D tensor `(batch, H, W, c_in)` or `(batch, c_in, H, W)`.

@@ -8,8 +8,8 @@ are floats, changed during `fit` by
 
 `multi_gpu=True` is accepted, with deel-lip's meaning: the labels are
 pre-processed by `lip.utils.process_labels_for_multi_gpu` on the global
-batch (they carry the class weights $B/n_\pm$), and the KR term is
-$\mathrm{mean}_c(f \cdot y)$, so that the replicas' losses add up to the
+batch (they carry the class weights $B/n_\\pm$), and the KR term is
+$\\mathrm{mean}_c(f \\cdot y)$, so that the replicas' losses add up to the
 global one. It is not needed here: our KR terms sum the class counts
 across replicas (`docs/scaling.md`), so the plain labels (and
 `multi_gpu=False`) give the global-batch loss under any distribution.
@@ -58,10 +58,10 @@ class _MultiGPUKR(_losses._LipschitzLoss):
 
     With $w$ the pre-processed labels ($B/n_+$ for a positive, $-B/n_-$ for
     a negative, counted on the global batch of size $B$), the KR term of a
-    sample is $\mathrm{mean}_c(f_c w_c)$, and the hinge uses
-    $\operatorname{sign}(w)$: $(m/2 - \operatorname{sign}(w) f)_+$, the
+    sample is $\\mathrm{mean}_c(f_c w_c)$, and the hinge uses
+    $\\operatorname{sign}(w)$: $(m/2 - \\operatorname{sign}(w) f)_+$, the
     positive entries weighted by $C - 1$ in the multiclass hinge. The loss
-    is $-\mathrm{KR} + \alpha\,\mathrm{hinge}$ (`alpha=None`: the KR term
+    is $-\\mathrm{KR} + \\alpha\\,\\mathrm{hinge}$ (`alpha=None`: the KR term
     alone, to maximize; `alpha=inf`: the hinge alone).
 
     Args:

@@ -94,7 +94,7 @@ class _LorthRegularizer(_regularizers.LorthRegularizer):
 def LorthRegularizer(
     kernel_shape=None, stride=1, lambda_lorth=1.0, dim=2, conv_transpose=False
 ):
-    """deel-lip's `LorthRegularizer`: $\lambda\,L_{orth}(K)$.
+    """deel-lip's `LorthRegularizer`: $\\lambda\\,L_{orth}(K)$.
 
     Args:
         kernel_shape: `(k, k, C, M)` or None (read from the kernel).

@@ -184,10 +184,9 @@ def SpectralDense(
 
     Args:
         units: int.
-        activation, use_bias, bias_initializer, kernel_regularizer,
-        bias_regularizer, activity_regularizer, kernel_constraint,
-        bias_constraint: as in `keras.layers.Dense`.
         kernel_initializer: default deel-lip's `SpectralInitializer()`.
+        **kwargs: `activation`, `use_bias`, `bias_initializer`, the
+            regularizers and constraints, as in `keras.layers.Dense`.
         lora_rank: must be None.
         k_coef_lip: our `lipschitz`.
         eps_spectral, maxiter_spectral: accepted (see the module).
@@ -426,8 +425,7 @@ def FrobeniusConv2D(
     $K/\\|K\\|_F$ times the worst-case factor of `SpectralConv2D` above
     (deel-lip: its average stride-1 factor, which is not a guarantee).
 
-    Args:
-        As in deel-lip; `k_coef_lip` is our `lipschitz`.
+    Arguments: as in deel-lip; `k_coef_lip` is our `lipschitz`.
 
     Returns:
         A `keras_lipschitz.layers.FrobeniusConv2D`.
