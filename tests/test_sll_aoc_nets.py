@@ -75,7 +75,6 @@ def test_trained_net_bound_and_certificates_hold(kind):
     # ... above the slopes measured after training.
     slope = _slopes(model, x[:16])
     assert 0.0 < slope <= bound * (1 + 1e-3)
-    assert _slopes(body, x[:16]) <= body_bound * (1 + 1e-3)
     # Certificates (pairwise, LLN head) resist PGD inside the radius.
     radius, name = keras_lipschitz.certify(model, x, y, return_method=True)
     assert name == "lln"
