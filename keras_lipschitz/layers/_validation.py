@@ -166,3 +166,33 @@ def image_shape_or_none(input_shape):
     if len(shape) != 3 or min(shape) < 1:
         return None
     return shape
+
+
+def known_channels(layer, input_shape, ndim, channel_axis):
+    """The known channel count of a rank-`ndim` conv input, or `ValueError`.
+
+    Args:
+        layer: the layer (its class name and `data_format` go in the
+            messages).
+        input_shape: the shape passed to `build`.
+        ndim: the expected rank.
+        channel_axis: the channel axis (-1 or 1).
+
+    Returns:
+        An int.
+    """
+    input_shape = tuple(input_shape)
+    name = type(layer).__name__
+    if len(input_shape) != ndim:
+        raise ValueError(
+            f"{name} expects inputs of rank {ndim}. "
+            f"Received: input_shape={input_shape}"
+        )
+    channels = input_shape[channel_axis]
+    if channels is None:
+        raise ValueError(
+            f"{name} needs a known channel dimension "
+            f"(data_format={layer.data_format!r}). "
+            f"Received: input_shape={input_shape}"
+        )
+    return int(channels)

@@ -387,18 +387,9 @@ class _LipschitzConv(keras.layers.Layer):
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         name = type(self).__name__
-        if len(input_shape) != self._rank + 2:
-            raise ValueError(
-                f"{name} expects inputs of rank {self._rank + 2}. "
-                f"Received: input_shape={input_shape}"
-            )
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                f"{name} needs a known channel dimension "
-                f"(data_format={self.data_format!r}). "
-                f"Received: input_shape={input_shape}"
-            )
+        channels = _validation.known_channels(
+            self, input_shape, self._rank + 2, self._channel_axis
+        )
         spatial = self._spatial_shape(input_shape)
         if self._needs_static_spatial_shape and any(d is None for d in spatial):
             raise ValueError(

@@ -360,24 +360,13 @@ class _ConvSLLBlock(_SLLBlock):
 
     def _input_channels(self, input_shape):
         """The known channel count of a rank-4 `input_shape`."""
-        input_shape = tuple(input_shape)
-        name = type(self).__name__
-        if len(input_shape) != 4:
-            raise ValueError(
-                f"{name} expects inputs of rank 4. "
-                f"Received: input_shape={input_shape}"
-            )
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                f"{name} needs a known channel dimension "
-                f"(data_format={self.data_format!r}). "
-                f"Received: input_shape={input_shape}"
-            )
-        self.input_spec = keras.layers.InputSpec(
-            ndim=4, axes={self._channel_axis: int(channels)}
+        channels = _validation.known_channels(
+            self, input_shape, 4, self._channel_axis
         )
-        return int(channels)
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={self._channel_axis: channels}
+        )
+        return channels
 
     def get_config(self):
         config = super().get_config()
