@@ -1,8 +1,9 @@
 """`keras_lipschitz.compat.deel_lip`: deel-lip's API on keras-lipschitz.
 
-- every public name of deel-lip's modules (its `keras3` branch, plus
-  `MulticlassSoftHKR` of 1.5) exists, is registered in the mapping and
-  returns our object with deel-lip's argument mapping;
+- every public name of deel-lip's modules (1.5.0 and its `keras3`
+  branch, plus `MulticlassSoftHKR` of 1.5.1) exists, is registered in the
+  mapping, has deel-lip 1.5.0's positional order and returns our object
+  with deel-lip's argument mapping;
 - the values are deel-lip's (its test suite's numbers, or NumPy
   re-implementations of its formulas);
 - deel-lip's tutorial model (demo4: SpectralConv2D 16/32 with GroupSort(2),
@@ -32,8 +33,8 @@ from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Public names of deel-lip's modules (keras3 branch; MulticlassSoftHKR from
-# deel-lip 1.5), read from its source.
+# Public names of deel-lip's modules (1.5.0 and the keras3 branch;
+# MulticlassSoftHKR from deel-lip 1.5.1), read from its source.
 DEEL_LIP_NAMES = {
     "layers": [
         "Condensable", "FrobeniusConv2D", "FrobeniusDense", "FullSort",
@@ -53,6 +54,7 @@ DEEL_LIP_NAMES = {
         "MulticlassHKR", "MulticlassHinge", "MulticlassKR",
         "MulticlassSoftHKR", "TauBinaryCrossentropy",
         "TauCategoricalCrossentropy", "TauSparseCategoricalCrossentropy",
+        "hinge_margin", "multiclass_hinge",
     ],
     "metrics": [
         "BinaryProvableAvgRobustness", "BinaryProvableRobustAccuracy",
@@ -67,11 +69,14 @@ DEEL_LIP_NAMES = {
         "AutoWeightClipConstraint", "FrobeniusConstraint",
         "SpectralConstraint", "WeightClipConstraint",
     ],
-    "regularizers": ["Lorth2D", "LorthRegularizer", "OrthDenseRegularizer"],
+    "regularizers": [
+        "Lorth", "Lorth2D", "LorthRegularizer", "OrthDenseRegularizer",
+    ],
     "initializers": ["SpectralInitializer"],
     "normalizers": [
-        "bjorck_normalization", "reshaped_kernel_orthogonalization",
-        "set_stop_grad_spectral", "spectral_normalization",
+        "bjorck_normalization", "get_conv_operators",
+        "reshaped_kernel_orthogonalization", "set_stop_grad_spectral",
+        "set_swap_memory", "spectral_normalization",
         "spectral_normalization_conv",
     ],
     "utils": [
@@ -105,6 +110,106 @@ def test_every_deel_lip_name_is_present_and_registered():
         if entry["status"] == "missing"
     )
     assert missing == []
+
+
+# deel-lip 1.5.0's positional parameters (read from its source), up to
+# `**kwargs`; our keyword-only extras (`lora_rank`, `groups`) come after.
+DEEL_LIP_150_POSITIONAL = {
+    "SpectralDense": (
+        "units", "activation", "use_bias", "kernel_initializer",
+        "bias_initializer", "kernel_regularizer", "bias_regularizer",
+        "activity_regularizer", "kernel_constraint", "bias_constraint",
+        "k_coef_lip", "eps_spectral", "eps_bjorck", "beta_bjorck",
+        "maxiter_spectral", "maxiter_bjorck",
+    ),
+    "FrobeniusDense": (
+        "units", "activation", "use_bias", "kernel_initializer",
+        "bias_initializer", "kernel_regularizer", "bias_regularizer",
+        "activity_regularizer", "kernel_constraint", "bias_constraint",
+        "disjoint_neurons", "k_coef_lip",
+    ),
+    "SpectralConv2D": (
+        "filters", "kernel_size", "strides", "padding", "data_format",
+        "dilation_rate", "activation", "use_bias", "kernel_initializer",
+        "bias_initializer", "kernel_regularizer", "bias_regularizer",
+        "activity_regularizer", "kernel_constraint", "bias_constraint",
+        "k_coef_lip", "eps_spectral", "eps_bjorck", "beta_bjorck",
+        "maxiter_spectral", "maxiter_bjorck",
+    ),
+    "FrobeniusConv2D": (
+        "filters", "kernel_size", "strides", "padding", "data_format",
+        "dilation_rate", "activation", "use_bias", "kernel_initializer",
+        "bias_initializer", "kernel_regularizer", "bias_regularizer",
+        "activity_regularizer", "kernel_constraint", "bias_constraint",
+        "k_coef_lip",
+    ),
+    "SpectralConv2DTranspose": (
+        "filters", "kernel_size", "strides", "padding", "output_padding",
+        "data_format", "dilation_rate", "activation", "use_bias",
+        "kernel_initializer", "bias_initializer", "kernel_regularizer",
+        "bias_regularizer", "activity_regularizer", "kernel_constraint",
+        "bias_constraint", "k_coef_lip", "eps_spectral", "eps_bjorck",
+        "beta_bjorck", "maxiter_spectral", "maxiter_bjorck",
+    ),
+}
+
+
+def test_layers_keep_deel_lip_150_positional_order():
+    import inspect
+
+    for name, expected in DEEL_LIP_150_POSITIONAL.items():
+        parameters = inspect.signature(getattr(lip.layers, name)).parameters
+        positional = tuple(
+            p.name for p in parameters.values()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        )
+        assert positional == expected, name
+    # Positional calls as written for deel-lip 1.5.0 land where they should.
+    conv_t = lip.layers.SpectralConv2DTranspose(
+        4, 3, 2, "same", None, "channels_first"
+    )
+    assert conv_t.data_format == "channels_first"
+    dense = lip.layers.SpectralDense(
+        4, None, True, None, "zeros", None, None, None, None, None, 2.0
+    )
+    assert dense.lipschitz == 2.0
+    conv = lip.layers.SpectralConv2D(4, 3, 1, "same", None, 1, "relu")
+    assert conv.activation is keras.activations.relu
+    frob = lip.layers.FrobeniusDense(
+        4, None, True, None, "zeros", None, None, None, None, None, False, 3.0
+    )
+    assert frob.lipschitz == 3.0 and not frob.disjoint_neurons
+    # The keras3 branch's extras, by keyword.
+    with pytest.raises(ValueError, match="groups"):
+        lip.layers.SpectralConv2D(4, 3, groups=2)
+    with pytest.raises(ValueError, match="lora_rank"):
+        lip.layers.SpectralDense(4, lora_rank=2)
+
+
+def test_deel_lip_submodules_version_and_fixed_group_sizes():
+    from keras_lipschitz.compat.deel_lip.layers.base_layer import (
+        LipschitzLayer,
+    )
+    from keras_lipschitz.compat.deel_lip.layers.convolutional import (
+        SpectralConv2DTranspose,
+    )
+    from keras_lipschitz.compat.deel_lip.layers.dense import SpectralDense
+    from keras_lipschitz.compat.deel_lip.layers.pooling import (
+        InvertibleUpSampling,
+    )
+
+    assert SpectralDense is lip.layers.SpectralDense
+    assert SpectralConv2DTranspose is lip.layers.SpectralConv2DTranspose
+    assert InvertibleUpSampling is lip.layers.InvertibleUpSampling
+    assert LipschitzLayer is lip.activations.LipschitzLayer
+    assert lip.__version__ == "1.5.0"
+    # deel-lip's configs carry the fixed group size `n`.
+    assert isinstance(lip.layers.GroupSort2(n=2), kl_layers.GroupSort2)
+    assert isinstance(lip.layers.FullSort(n=None), kl_layers.FullSort)
+    with pytest.raises(ValueError, match="n=3"):
+        lip.layers.GroupSort2(n=3)
+    with pytest.raises(ValueError, match="n=4"):
+        lip.layers.FullSort(n=4)
 
 
 def test_migration_table_is_generated_from_the_code():
@@ -297,6 +402,40 @@ def test_losses_and_metrics_use_deel_lip_names_defaults_and_values():
     )
 
 
+def test_loss_functions_and_metric_reduction_follow_deel_lip():
+    # deel-lip's functions: sign = where(y > 0, 1, -1),
+    # hinge = relu(m / 2 - sign f), the positives times (C - 1) in the
+    # multiclass one, mean over the last axis.
+    rng = np.random.default_rng(4)
+    f = rng.normal(size=(6, 3)).astype("float32")
+    labels = rng.integers(0, 3, size=6)
+    for low in (0.0, -1.0):
+        one_hot = np.where(np.eye(3)[labels] > 0, 1.0, low)
+        sign = np.where(one_hot > 0, 1.0, -1.0)
+        hinge = np.maximum(0.7 / 2 - sign * f.astype(np.float64), 0)
+        np.testing.assert_allclose(
+            helpers.to_numpy(lip.losses.hinge_margin(one_hot, f, 0.7)),
+            hinge.mean(-1), rtol=1e-5,
+        )
+        weighted = np.where(sign > 0, 2.0 * hinge, hinge)
+        np.testing.assert_allclose(
+            helpers.to_numpy(lip.losses.multiclass_hinge(one_hot, f, 0.7)),
+            weighted.mean(-1), rtol=1e-5,
+        )
+    with pytest.raises(TypeError):
+        lip.losses.hinge_margin(one_hot, f)  # min_margin is required
+    # A Keras metric reports the mean: other reductions raise.
+    for metric in (
+        lip.metrics.CategoricalProvableRobustAccuracy,
+        lip.metrics.BinaryProvableRobustAccuracy,
+        lip.metrics.CategoricalProvableAvgRobustness,
+        lip.metrics.BinaryProvableAvgRobustness,
+    ):
+        assert metric(reduction="auto") is not None
+        with pytest.raises(ValueError, match="reduction"):
+            metric(reduction="none")
+
+
 def test_constraints_regularizers_initializers_map_deel_lip_arguments():
     w = np.random.default_rng(2).normal(size=(4, 5)).astype("float32")
     clip = helpers.to_numpy(lip.constraints.AutoWeightClipConstraint(scale=5.0)(w))
@@ -314,6 +453,11 @@ def test_constraints_regularizers_initializers_map_deel_lip_arguments():
     assert lip.regularizers.LorthRegularizer(lambda_lorth=0.1, stride=2).factor == 0.1
     with pytest.raises(NotImplementedError):
         lip.regularizers.LorthRegularizer(dim=1)
+    # deel-lip's abstract base: not instantiable, Lorth2D is one.
+    with pytest.raises(TypeError):
+        lip.regularizers.Lorth(2)
+    assert isinstance(lip.regularizers.Lorth2D(), lip.regularizers.Lorth)
+    assert issubclass(lip.regularizers.Lorth2D, lip.regularizers.Lorth)
     init = lip.initializers.SpectralInitializer(k_coef_lip=3.0)
     s = helpers.singular_values(helpers.to_numpy(init((6, 4))))
     np.testing.assert_allclose(s, 3.0, rtol=1e-4)
@@ -363,6 +507,45 @@ def test_normalizers_with_deel_lip_signatures():
         np.testing.assert_allclose(float(helpers.to_numpy(sigma)), exact, rtol=1e-3)
     with pytest.raises(ValueError):
         lip.normalizers.set_stop_grad_spectral(False)
+    lip.normalizers.set_swap_memory(False)
+    assert lip.normalizers.SWAP_MEMORY is False
+    lip.normalizers.set_swap_memory(True)
+
+
+def test_get_conv_operators_are_adjoint_pairs():
+    # <A u, v> = <u, A* v>, and A is the convolution (or its transpose).
+    rng = np.random.default_rng(5)
+    kernel = rng.normal(size=(3, 3, 2, 4)).astype("float32")
+    for conv_first, stride in ((True, 1), (True, 2), (False, 2)):
+        if conv_first:
+            u = rng.normal(size=(1, 6, 6, 2)).astype("float32")
+        else:
+            u = rng.normal(size=(1, 3, 3, 4)).astype("float32")
+        forward, adjoint = lip.normalizers.get_conv_operators(
+            kernel, u.shape, stride=float(stride), conv_first=conv_first
+        )
+        a_u = helpers.to_numpy(forward(u)).astype(np.float64)
+        v = rng.normal(size=a_u.shape).astype("float32")
+        a_v = helpers.to_numpy(adjoint(v)).astype(np.float64)
+        assert a_v.shape == u.shape
+        np.testing.assert_allclose(
+            np.sum(a_u * v), np.sum(u * a_v), rtol=1e-4
+        )
+        size = u.shape[1:3] if conv_first else tuple(
+            d * stride for d in u.shape[1:3]
+        )
+        matrix = keras_lipschitz.bounds.conv_operator_matrix(
+            kernel, size, (stride, stride), "same"
+        )
+        if conv_first:
+            expected = matrix @ u.reshape(-1).astype(np.float64)
+        else:
+            expected = matrix.T @ u.reshape(-1).astype(np.float64)
+        np.testing.assert_allclose(
+            a_u.reshape(-1), expected, rtol=1e-4, atol=1e-5
+        )
+    with pytest.raises(ValueError, match="stride"):
+        lip.normalizers.get_conv_operators(kernel, u.shape, stride=1.5)
 
 
 def test_loss_param_scheduler_interpolates_per_batch():

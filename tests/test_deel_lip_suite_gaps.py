@@ -74,7 +74,8 @@ def test_every_deel_lip_class_is_a_class():
         "spectral_normalization_conv", "evaluate_lip_const",
         "evaluate_lip_const_gen", "l2_normalize",
         "process_labels_for_multi_gpu", "compute_layer_sv",
-        "compute_model_sv", "vanillaModel",
+        "compute_model_sv", "vanillaModel", "hinge_margin",
+        "multiclass_hinge", "get_conv_operators", "set_swap_memory",
     }
     if not isinstance(L.SpectralConv2DTranspose, type):
         functions.add("SpectralConv2DTranspose")
@@ -118,7 +119,8 @@ def test_signature_docstring_and_from_config():
     assert parameters["maxiter_bjorck"].default == 15
     assert "Björck" in L.SpectralDense.__doc__
     assert L.SpectralDense.__name__ == "SpectralDense"
-    module = "keras_lipschitz.compat.deel_lip.layers"
+    # deel-lip's module of the class (`deel.lip.layers.dense`).
+    module = "keras_lipschitz.compat.deel_lip.layers.dense"
     assert L.SpectralDense.__module__ == module
 
     layer = L.SpectralConv2D(3, (3, 3), k_coef_lip=0.5, name="conv")

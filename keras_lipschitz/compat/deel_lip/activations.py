@@ -7,6 +7,7 @@ from keras_lipschitz.compat.deel_lip.layers.activations import GroupSort2
 from keras_lipschitz.compat.deel_lip.layers.activations import Householder
 from keras_lipschitz.compat.deel_lip.layers.activations import MaxMin
 from keras_lipschitz.compat.deel_lip.layers.activations import PReLUlip
+from keras_lipschitz.compat.deel_lip.layers.base_layer import LipschitzLayer
 
 for _name, _obj in (
     ("FullSort", FullSort),
@@ -23,6 +24,7 @@ __all__ = [
     "GroupSort",
     "GroupSort2",
     "Householder",
+    "LipschitzLayer",
     "MaxMin",
     "PReLUlip",
 ]

@@ -291,7 +291,8 @@ def MulticlassHKR(
 @maps_to(
     "losses",
     "`MulticlassSoftHKR(alpha, min_margin, alpha_mean, temperature)`",
-    "deel-lip 1.5 (absent from its `keras3` branch). Same running mean of "
+    "deel-lip 1.5.1 (absent from 1.5.0 and its `keras3` branch). Same "
+    "running mean of "
     "$\\lvert f\\rvert$ and temperature. On JAX call `loss.attach(model)` "
     "before `fit` "
     "(the running mean must be model state there); it raises otherwise.",
@@ -306,7 +307,7 @@ def MulticlassSoftHKR(
     reduction="sum_over_batch_size",
     name="MulticlassSoftHKR",
 ):
-    """deel-lip 1.5's `MulticlassSoftHKR`: our `MulticlassSoftHKR`."""
+    """deel-lip 1.5.1's `MulticlassSoftHKR`: our `MulticlassSoftHKR`."""
     return _losses.MulticlassSoftHKR(
         alpha=alpha,
         min_margin=min_margin,
@@ -378,6 +379,56 @@ def TauBinaryCrossentropy(
     )
 
 
+@maps_to(
+    "losses",
+    "`keras_lipschitz.losses.hinge_margin`",
+    "Per-sample values; labels read as `y_true > 0` (deel-lip). "
+    "`min_margin` is required, as in deel-lip.",
+)
+def hinge_margin(y_true, y_pred, min_margin):
+    """deel-lip's `hinge_margin`: per-sample $(m/2 - \\mathrm{sign}(y) f)_+$.
+
+    Averaged over the last axis, as in deel-lip.
+
+    Args:
+        y_true: labels; `y_true > 0` is the positive class (so {0, 1},
+            {-1, +1} and `process_labels_for_multi_gpu` labels all work).
+        y_pred: scores, `(B, 1)` or `(B, C)` for multilabel outputs.
+        min_margin: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)`.
+    """
+    return _losses.hinge_margin(
+        _positive_labels(y_true, y_pred, False), y_pred, min_margin
+    )
+
+
+@maps_to(
+    "losses",
+    "`keras_lipschitz.losses.multiclass_hinge`",
+    "Per-sample values; one-hot labels read as `y_true > 0` (deel-lip). "
+    "`min_margin` is required, as in deel-lip.",
+)
+def multiclass_hinge(y_true, y_pred, min_margin):
+    """deel-lip's `multiclass_hinge`: the one-vs-all hinge per sample.
+
+    The binary hinge of every output, the true class weighted by $C - 1$,
+    averaged over the classes.
+
+    Args:
+        y_true: one-hot `(B, C)`; `y_true > 0` marks the true class.
+        y_pred: logits `(B, C)`.
+        min_margin: float > 0.
+
+    Returns:
+        Tensor of shape `(B,)`.
+    """
+    return _losses.multiclass_hinge(
+        _positive_labels(y_true, y_pred, True), y_pred, min_margin
+    )
+
+
 __all__ = [
     "CategoricalHinge",
     "HKR",
@@ -391,4 +442,6 @@ __all__ = [
     "TauBinaryCrossentropy",
     "TauCategoricalCrossentropy",
     "TauSparseCategoricalCrossentropy",
+    "hinge_margin",
+    "multiclass_hinge",
 ]

@@ -22,6 +22,23 @@ _TRUST = (
 )
 
 
+def _check_reduction(reduction):
+    """Only deel-lip's default reduction has a meaning for a Keras metric.
+
+    deel-lip's metrics are losses, and `reduction="none"` or `"sum"` gives
+    per-sample values or a sum; a Keras metric always reports the running
+    mean, so those reductions raise instead of being ignored.
+    """
+    if reduction not in ("auto", "sum_over_batch_size", None):
+        raise ValueError(
+            "`reduction` of a deel-lip metric may only be 'auto' or "
+            "'sum_over_batch_size' here (a Keras metric reports the mean "
+            "over samples); for per-sample values use the functions of "
+            "`keras_lipschitz.metrics` (e.g. `certified_radius`). "
+            f"Received: reduction={reduction!r}"
+        )
+
+
 def _norm(disjoint_neurons):
     # Disjoint neurons: each logit is lip_const-Lipschitz, margin / (2 L).
     return "linf" if disjoint_neurons else "l2"
@@ -42,6 +59,7 @@ def CategoricalProvableRobustAccuracy(
     name="CategoricalProvableRobustAccuracy",
 ):
     """deel-lip's `CategoricalProvableRobustAccuracy`: `CertifiedAccuracy`."""
+    _check_reduction(reduction)
     return _metrics.CertifiedAccuracy(
         epsilon=epsilon,
         norm=_norm(disjoint_neurons),
@@ -63,6 +81,7 @@ def BinaryProvableRobustAccuracy(
     name="BinaryProvableRobustAccuracy",
 ):
     """deel-lip's `BinaryProvableRobustAccuracy`: `BinaryCertifiedAccuracy`."""
+    _check_reduction(reduction)
     return _metrics.BinaryCertifiedAccuracy(
         epsilon=epsilon, lipschitz=lip_const, name=name
     )
@@ -82,6 +101,7 @@ def CategoricalProvableAvgRobustness(
     name="CategoricalProvableAvgRobustness",
 ):
     """deel-lip's `CategoricalProvableAvgRobustness`: `MeanCertifiedRadius`."""
+    _check_reduction(reduction)
     return _metrics.MeanCertifiedRadius(
         norm=_norm(disjoint_neurons),
         lipschitz=lip_const,
@@ -103,6 +123,7 @@ def BinaryProvableAvgRobustness(
     name="BinaryProvableAvgRobustness",
 ):
     """deel-lip's `BinaryProvableAvgRobustness`: `BinaryMeanCertifiedRadius`."""
+    _check_reduction(reduction)
     return _metrics.BinaryMeanCertifiedRadius(
         lipschitz=lip_const,
         negative_robustness=negative_robustness,

@@ -21,6 +21,7 @@ DEFAULT_EPS_BJORCK = 1e-3
 DEFAULT_MAXITER_BJORCK = 15
 DEFAULT_MAXITER_SPECTRAL = 10
 STOP_GRAD_SPECTRAL = True
+SWAP_MEMORY = True
 
 
 @maps_to(
@@ -173,6 +174,61 @@ def _conv_operators(kernel, u_shape, stride, conv_first, pad_func):
 
 @maps_to(
     "normalizers",
+    "the operators of `keras_lipschitz.normalizers.power_iteration_conv`",
+    "`(linear_op, adjoint_op)`: the convolution (\"same\" zero padding, or "
+    "`pad_func` then \"valid\") and its adjoint; with `conv_first=False` "
+    "the transposed convolution and the convolution. Channels last.",
+    status="adapted",
+)
+def get_conv_operators(
+    kernel, u_shape, stride=1.0, conv_first=True, pad_func=None
+):
+    """deel-lip's `get_conv_operators`: a convolution and its adjoint.
+
+    Args:
+        kernel: `(k_h, k_w, c_in, c_out)`.
+        u_shape: shape of the operator's input, `(1, H, W, c)`.
+        stride: int stride (deel-lip's float default 1.0 is accepted).
+        conv_first: the operator is the convolution (True) or its
+            transpose (False).
+        pad_func: None (zero "same" padding) or a function padding a
+            channels-last tensor before a "valid" convolution.
+
+    Returns:
+        `(linear_op, adjoint_op)`, two functions of one tensor.
+    """
+    if float(stride) != int(stride) or int(stride) < 1:
+        raise ValueError(
+            f"`stride` must be a positive integer. Received: stride={stride}"
+        )
+    return _conv_operators(
+        ops.convert_to_tensor(kernel), tuple(int(d) for d in u_shape),
+        int(stride), conv_first, pad_func,
+    )
+
+
+@maps_to(
+    "normalizers",
+    "no-op",
+    "deel-lip 1.5.0's `tf.while_loop` memory option; our iterations are "
+    "fixed-count loops, so the value is only stored in `SWAP_MEMORY`.",
+    status="adapted",
+)
+def set_swap_memory(value):
+    """deel-lip 1.5.0's `set_swap_memory`: stored, without effect here.
+
+    Our power and Björck iterations are fixed-count Python loops, not
+    `tf.while_loop`s, so there is no swap option to set.
+
+    Args:
+        value: bool.
+    """
+    global SWAP_MEMORY
+    SWAP_MEMORY = bool(value)
+
+
+@maps_to(
+    "normalizers",
     "`keras_lipschitz.normalizers.power_iteration_conv`",
     "Zero \"same\" padding, or deel-lip's `pad_func` then a \"valid\" "
     "convolution (its adjoint, as in deel-lip, is exact for circular "
@@ -234,9 +290,13 @@ __all__ = [
     "DEFAULT_EPS_SPECTRAL",
     "DEFAULT_MAXITER_BJORCK",
     "DEFAULT_MAXITER_SPECTRAL",
+    "STOP_GRAD_SPECTRAL",
+    "SWAP_MEMORY",
     "bjorck_normalization",
+    "get_conv_operators",
     "reshaped_kernel_orthogonalization",
     "set_stop_grad_spectral",
+    "set_swap_memory",
     "spectral_normalization",
     "spectral_normalization_conv",
 ]

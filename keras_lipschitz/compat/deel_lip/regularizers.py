@@ -1,5 +1,7 @@
 """deel-lip's `deel.lip.regularizers`, as `keras_lipschitz.regularizers`."""
 
+import abc
+
 import keras
 
 from keras_lipschitz import regularizers as _regularizers
@@ -16,6 +18,49 @@ def _reraise_shape_error(error):
     if "odd kernel" in str(error):
         reraise_as(DeelLipAssertionError, error)
     reraise_as(DeelLipValueError, error)
+
+
+@maps_to(
+    "regularizers",
+    "abstract base of the compat `Lorth2D`",
+    "Cannot be instantiated, as in deel-lip; `isinstance(Lorth2D(...), "
+    "Lorth)` holds. A new rank is written by subclassing "
+    "`keras_lipschitz.regularizers.Lorth2D`'s maths, not this class.",
+    status="adapted",
+)
+class Lorth(abc.ABC):
+    """deel-lip's `Lorth`: the abstract base of the $L_{orth}$ terms.
+
+    Achour et al., "Existence, Stability and Scalability of Orthogonal
+    Convolutional Neural Networks", JMLR 2022. Only the 2-D term exists
+    (`Lorth2D`, registered as a subclass); this class keeps deel-lip's
+    signature and abstract methods so that `isinstance` checks and
+    `Lorth(...)` (a `TypeError`) behave as in deel-lip.
+
+    Args:
+        dim: rank of the convolution.
+        kernel_shape: the kernel's shape, or None.
+        stride: int stride of the convolution.
+        conv_transpose: whether the kernel is a transposed convolution's.
+    """
+
+    def __init__(self, dim, kernel_shape=None, stride=1, conv_transpose=False):
+        self.dim = dim
+        self.stride = stride
+        self.conv_transpose = conv_transpose
+        self.set_kernel_shape(kernel_shape)
+
+    @abc.abstractmethod
+    def set_kernel_shape(self, shape):
+        """Sets the kernel shape and the quantities derived from it."""
+
+    @abc.abstractmethod
+    def _compute_conv_kk(self, w):
+        """The convolution of the kernel with itself."""
+
+    @abc.abstractmethod
+    def _compute_target(self, w, output_shape):
+        """The target of `_compute_conv_kk` for an orthogonal convolution."""
 
 
 @maps_to(
@@ -46,6 +91,9 @@ class Lorth2D(_regularizers.Lorth2D):
             super().set_kernel_shape(shape)
         except ValueError as error:
             _reraise_shape_error(error)
+
+
+Lorth.register(Lorth2D)
 
 
 @keras.saving.register_keras_serializable(
@@ -133,4 +181,4 @@ def OrthDenseRegularizer(lambda_orth=1.0):
     return _regularizers.OrthDenseRegularizer(factor=lambda_orth)
 
 
-__all__ = ["Lorth2D", "LorthRegularizer", "OrthDenseRegularizer"]
+__all__ = ["Lorth", "Lorth2D", "LorthRegularizer", "OrthDenseRegularizer"]

@@ -83,6 +83,17 @@ def GroupSort(n=None, data_format="channels_last", k_coef_lip=1.0, **kwargs):
     )
 
 
+def _pop_fixed_group_size(kwargs, group_size, name):
+    """Removes deel-lip's `n` from `kwargs`; it must equal `group_size`."""
+    n = kwargs.pop("n", group_size)
+    if n != group_size:
+        raise ValueError(
+            f"{name} has a fixed group size: `n` may only be {group_size} "
+            "(deel-lip overrides any other value; use GroupSort(n) for "
+            f"another group size). Received: n={n!r}"
+        )
+
+
 @maps_to("layers", "`GroupSort2(axis, lipschitz=k_coef_lip)`", "")
 @deel_lip_class(_layers.GroupSort2, lipschitz_layer=True)
 def GroupSort2(data_format="channels_last", k_coef_lip=1.0, **kwargs):
@@ -91,11 +102,14 @@ def GroupSort2(data_format="channels_last", k_coef_lip=1.0, **kwargs):
     Args:
         data_format: `"channels_last"` or `"channels_first"`.
         k_coef_lip: our `lipschitz`.
-        **kwargs: layer keyword arguments.
+        **kwargs: layer keyword arguments. deel-lip's configs carry
+            `n=2`, which is accepted; deel-lip silently replaces any other
+            `n` by 2, which raises here instead.
 
     Returns:
         A `keras_lipschitz.layers.GroupSort2`.
     """
+    _pop_fixed_group_size(kwargs, 2, "GroupSort2")
     return _layers.GroupSort2(
         axis=_axis(data_format), lipschitz=k_coef_lip, **kwargs
     )
@@ -109,11 +123,14 @@ def FullSort(data_format="channels_last", k_coef_lip=1.0, **kwargs):
     Args:
         data_format: `"channels_last"` or `"channels_first"`.
         k_coef_lip: our `lipschitz`.
-        **kwargs: layer keyword arguments.
+        **kwargs: layer keyword arguments. deel-lip's configs carry
+            `n=None`, which is accepted; deel-lip silently replaces any
+            other `n` by None, which raises here instead.
 
     Returns:
         A `keras_lipschitz.layers.FullSort`.
     """
+    _pop_fixed_group_size(kwargs, None, "FullSort")
     return _layers.FullSort(
         axis=_axis(data_format), lipschitz=k_coef_lip, **kwargs
     )
