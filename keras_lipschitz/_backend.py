@@ -308,6 +308,67 @@ def value_and_input_gradient(fn, x):
     )
 
 
+def compiled_input_gradient(fn):
+    """`x -> (aux, d value / d x)` for `fn(x) = (scalar value, aux)`.
+
+    For loops that evaluate the same function at many inputs of one shape
+    (attacks): JAX compiles value and gradient as one program
+    (`jax.jit`; eager JAX would compile op by op), TensorFlow traces one
+    graph (`tf.function`), torch runs eagerly. The model's weights are
+    read when the function is traced, so it must not change while the
+    returned function is in use.
+
+    Args:
+        fn: callable mapping a float32 backend tensor to a pair
+            `(scalar tensor, auxiliary tensor)`.
+
+    Returns:
+        A callable mapping an array-like input to `(aux, gradient)`,
+        backend tensors.
+    """
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        value_and_grad = jax.jit(jax.value_and_grad(fn, has_aux=True))
+
+        def run_jax(x):
+            (_, aux), grad = value_and_grad(
+                keras.ops.convert_to_tensor(x, "float32")
+            )
+            return aux, grad
+
+        return run_jax
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(autograph=False)
+        def traced(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value, aux = fn(x)
+            return aux, tape.gradient(value, x)
+
+        return lambda x: traced(tf.convert_to_tensor(x, tf.float32))
+
+    def run_eagerly(x):
+        value, aux = None, None
+
+        def scalar(v):
+            nonlocal value, aux
+            value, aux = fn(v)
+            return value
+
+        _, grad = value_and_input_gradient(scalar, x)
+        return _detach(aux), grad
+
+    return run_eagerly
+
+
+def _detach(x):
+    return x.detach() if hasattr(x, "detach") else x
+
+
 def cross_replica_sum(x):
     """Sums `x` over the data-parallel replicas that share one global batch.
 

@@ -12,12 +12,15 @@ from keras_lipschitz import _backend
 
 
 def _margin_objective(model, labels_one_hot):
+    """`x -> (summed margin objective, logits)`: one forward pass gives
+    the gradient and the predictions at `x`."""
+
     def objective(x):
         logits = ops.cast(model(x, training=False), "float32")
         true = ops.sum(logits * labels_one_hot, axis=1)
         others = ops.where(labels_one_hot > 0, -np.inf, logits)
         # Sum of per-example (best other logit - true logit): maximized.
-        return ops.sum(ops.max(others, axis=1) - true)
+        return ops.sum(ops.max(others, axis=1) - true), logits
 
     return objective
 
@@ -43,7 +46,9 @@ def _projected_gradient_ascent(
     eps = eps.reshape(shape)
     num_classes = int(model.output_shape[-1])
     one_hot = np.eye(num_classes, dtype=np.float32)[y]
-    objective = _margin_objective(model, ops.convert_to_tensor(one_hot))
+    logits_and_gradient = _backend.compiled_input_gradient(
+        _margin_objective(model, ops.convert_to_tensor(one_hot))
+    )
     rng = np.random.default_rng(seed)
 
     def predict(v):
@@ -51,18 +56,28 @@ def _projected_gradient_ascent(
 
     best = x.copy()
     success = np.zeros(n, bool)
+
+    def record(point, predictions):
+        nonlocal success
+        changed = predictions != y
+        new = changed & ~success
+        best[new] = point[new]
+        success |= changed
+
     for restart in range(restarts):
         delta = np.zeros_like(x)
         if restart > 0:
             delta = start(rng, x, eps)
-        for _ in range(steps):
-            _, grad = _backend.value_and_input_gradient(objective, x + delta)
+        for step in range(steps):
+            point = x + delta
+            logits, grad = logits_and_gradient(point)
+            if step > 0:
+                # The logits at the point the previous step reached.
+                record(point, np.argmax(ops.convert_to_numpy(logits), 1))
             grad = np.asarray(ops.convert_to_numpy(grad), np.float32)
             delta = ascend(delta, grad, alpha, eps)
-            changed = predict(x + delta) != y
-            new = changed & ~success
-            best[new] = (x + delta)[new]
-            success |= changed
+        if steps > 0:
+            record(x + delta, predict(x + delta))
         best[~success] = (x + delta)[~success]
     return best, success
 

@@ -82,6 +82,48 @@ def test_pgd_never_beats_a_certificate(kind):
     assert np.any(success)
 
 
+def test_compiled_input_gradient_matches_the_eager_gradient():
+    # The attacks' compiled (value, aux) gradient equals the eager one at
+    # every call, not only at the input it was traced with.
+    model = _plain_mlp()
+    weights = keras.ops.convert_to_tensor(np.float32([1.0, -2.0, 0.5]))
+
+    def objective(x):
+        logits = model(x, training=False)
+        return keras.ops.sum(logits * weights), logits
+
+    compiled = _backend.compiled_input_gradient(objective)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = rng.normal(size=(5, 6)).astype("float32")
+        logits, grad = compiled(x)
+        _, expected = _backend.value_and_input_gradient(
+            lambda v: objective(v)[0], x
+        )
+        np.testing.assert_allclose(
+            helpers.to_numpy(logits), helpers.to_numpy(model(x)), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            helpers.to_numpy(grad), helpers.to_numpy(expected), rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+def test_pgd_results_lie_in_the_ball_and_flip_where_reported():
+    x, y = _blobs(n=64)
+    model = _train(MODELS["plain"](), x, y, epochs=5)
+    eps = np.linspace(0.1, 3.0, len(x)).astype("float32")
+    for restarts in (1, 2):
+        x_adv, success = attacks.pgd_l2(
+            model, x, y, eps, steps=10, restarts=restarts
+        )
+        norms = np.linalg.norm(x_adv - x, axis=1)
+        assert np.all(norms <= eps * (1 + 1e-5) + 1e-6)
+        predicted = np.argmax(helpers.to_numpy(model(x_adv)), axis=1)
+        np.testing.assert_array_equal(predicted != y, success)
+        assert 0 < success.sum() < len(x)
+
+
 def test_certify_matches_the_pairwise_formula():
     x, y = _blobs(n=64)
     model = _train(MODELS["lln"](), x, y, epochs=5)
