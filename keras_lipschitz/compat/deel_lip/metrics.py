@@ -15,6 +15,7 @@ guaranteed bound from the model itself.
 from keras_lipschitz import metrics as _metrics
 from keras_lipschitz.compat.deel_lip._classes import deel_lip_class
 from keras_lipschitz.compat.deel_lip._mapping import maps_to
+from keras_lipschitz.compat.deel_lip._mapping import reduction as _reduction
 
 _TRUST = (
     "Trusts `lip_const` (training-time view); report with "
@@ -29,7 +30,9 @@ def _check_reduction(reduction):
     per-sample values or a sum; a Keras metric always reports the running
     mean, so those reductions raise instead of being ignored.
     """
-    if reduction not in ("auto", "sum_over_batch_size", None):
+    if reduction is not None and _reduction(reduction) != (
+        "sum_over_batch_size"
+    ):
         raise ValueError(
             "`reduction` of a deel-lip metric may only be 'auto' or "
             "'sum_over_batch_size' here (a Keras metric reports the mean "

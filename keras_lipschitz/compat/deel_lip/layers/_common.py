@@ -38,5 +38,35 @@ def _default_initializer(kernel_initializer):
     return kernel_initializer
 
 
+def _layer_arguments(
+    k_coef_lip,
+    activation,
+    use_bias,
+    kernel_initializer,
+    bias_initializer,
+    kernel_regularizer,
+    bias_regularizer,
+    activity_regularizer,
+    kernel_constraint,
+    bias_constraint,
+    kwargs,
+):
+    """The Keras layer arguments every compat dense and conv layer passes
+    on: `k_coef_lip` as our `lipschitz`, deel-lip's default initializer."""
+    return dict(
+        lipschitz=k_coef_lip,
+        activation=activation,
+        use_bias=use_bias,
+        kernel_initializer=_default_initializer(kernel_initializer),
+        bias_initializer=bias_initializer,
+        kernel_regularizer=kernel_regularizer,
+        bias_regularizer=bias_regularizer,
+        kernel_constraint=kernel_constraint,
+        bias_constraint=bias_constraint,
+        activity_regularizer=activity_regularizer,
+        **kwargs,
+    )
+
+
 def _bjorck_off(eps_bjorck, beta_bjorck):
     return eps_bjorck is None or beta_bjorck is None

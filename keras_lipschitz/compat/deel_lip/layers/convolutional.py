@@ -14,7 +14,7 @@ from keras_lipschitz.compat.deel_lip.layers._common import (
 )
 from keras_lipschitz.compat.deel_lip.layers._common import _bjorck_off
 from keras_lipschitz.compat.deel_lip.layers._common import _check_iteration_args
-from keras_lipschitz.compat.deel_lip.layers._common import _default_initializer
+from keras_lipschitz.compat.deel_lip.layers._common import _layer_arguments
 
 
 def _check_conv_args(name, dilation_rate, groups):
@@ -108,17 +108,11 @@ def SpectralConv2D(
         strides=strides,
         padding=padding.lower(),
         data_format=data_format,
-        lipschitz=k_coef_lip,
-        activation=activation,
-        use_bias=use_bias,
-        kernel_initializer=_default_initializer(kernel_initializer),
-        bias_initializer=bias_initializer,
-        kernel_regularizer=kernel_regularizer,
-        bias_regularizer=bias_regularizer,
-        kernel_constraint=kernel_constraint,
-        bias_constraint=bias_constraint,
-        activity_regularizer=activity_regularizer,
-        **kwargs,
+        **_layer_arguments(
+            k_coef_lip, activation, use_bias, kernel_initializer,
+            bias_initializer, kernel_regularizer, bias_regularizer,
+            activity_regularizer, kernel_constraint, bias_constraint, kwargs,
+        ),
     )
     if _bjorck_off(eps_bjorck, beta_bjorck) or maxiter_bjorck == 0:
         return _layers.SpectralConv2D(filters, kernel_size, **common)
@@ -182,17 +176,11 @@ def FrobeniusConv2D(
         strides=strides,
         padding=padding.lower(),
         data_format=data_format,
-        lipschitz=k_coef_lip,
-        activation=activation,
-        use_bias=use_bias,
-        kernel_initializer=_default_initializer(kernel_initializer),
-        bias_initializer=bias_initializer,
-        kernel_regularizer=kernel_regularizer,
-        bias_regularizer=bias_regularizer,
-        kernel_constraint=kernel_constraint,
-        bias_constraint=bias_constraint,
-        activity_regularizer=activity_regularizer,
-        **kwargs,
+        **_layer_arguments(
+            k_coef_lip, activation, use_bias, kernel_initializer,
+            bias_initializer, kernel_regularizer, bias_regularizer,
+            activity_regularizer, kernel_constraint, bias_constraint, kwargs,
+        ),
     )
 
 
@@ -293,17 +281,11 @@ def SpectralConv2DTranspose(
         strides=strides,
         padding="same",
         data_format=data_format,
-        lipschitz=k_coef_lip,
-        activation=activation,
-        use_bias=use_bias,
-        kernel_initializer=_default_initializer(kernel_initializer),
-        bias_initializer=bias_initializer,
-        kernel_regularizer=kernel_regularizer,
-        bias_regularizer=bias_regularizer,
-        kernel_constraint=kernel_constraint,
-        bias_constraint=bias_constraint,
-        activity_regularizer=activity_regularizer,
-        **kwargs,
+        **_layer_arguments(
+            k_coef_lip, activation, use_bias, kernel_initializer,
+            bias_initializer, kernel_regularizer, bias_regularizer,
+            activity_regularizer, kernel_constraint, bias_constraint, kwargs,
+        ),
     )
     if _bjorck_off(eps_bjorck, beta_bjorck) or maxiter_bjorck == 0:
         return _layers.SpectralConv2DTranspose(filters, kernel_size, **common)

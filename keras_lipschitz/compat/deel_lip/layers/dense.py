@@ -15,7 +15,7 @@ from keras_lipschitz.compat.deel_lip.layers._common import (
 from keras_lipschitz.compat.deel_lip.layers._common import _bjorck_off
 from keras_lipschitz.compat.deel_lip.layers._common import _check_iteration_args
 from keras_lipschitz.compat.deel_lip.layers._common import _check_lora
-from keras_lipschitz.compat.deel_lip.layers._common import _default_initializer
+from keras_lipschitz.compat.deel_lip.layers._common import _layer_arguments
 
 
 @maps_to(
@@ -81,18 +81,10 @@ def SpectralDense(
     """
     _check_lora(lora_rank, "SpectralDense")
     _check_iteration_args(eps_spectral, eps_bjorck, beta_bjorck)
-    common = dict(
-        lipschitz=k_coef_lip,
-        activation=activation,
-        use_bias=use_bias,
-        kernel_initializer=_default_initializer(kernel_initializer),
-        bias_initializer=bias_initializer,
-        kernel_regularizer=kernel_regularizer,
-        bias_regularizer=bias_regularizer,
-        kernel_constraint=kernel_constraint,
-        bias_constraint=bias_constraint,
-        activity_regularizer=activity_regularizer,
-        **kwargs,
+    common = _layer_arguments(
+        k_coef_lip, activation, use_bias, kernel_initializer,
+        bias_initializer, kernel_regularizer, bias_regularizer,
+        activity_regularizer, kernel_constraint, bias_constraint, kwargs,
     )
     if _bjorck_off(eps_bjorck, beta_bjorck) or maxiter_bjorck == 0:
         return _layers.SpectralDense(units, **common)
@@ -145,17 +137,11 @@ def FrobeniusDense(
     return _layers.FrobeniusDense(
         units,
         disjoint_neurons=disjoint_neurons,
-        lipschitz=k_coef_lip,
-        activation=activation,
-        use_bias=use_bias,
-        kernel_initializer=_default_initializer(kernel_initializer),
-        bias_initializer=bias_initializer,
-        kernel_regularizer=kernel_regularizer,
-        bias_regularizer=bias_regularizer,
-        kernel_constraint=kernel_constraint,
-        bias_constraint=bias_constraint,
-        activity_regularizer=activity_regularizer,
-        **kwargs,
+        **_layer_arguments(
+            k_coef_lip, activation, use_bias, kernel_initializer,
+            bias_initializer, kernel_regularizer, bias_regularizer,
+            activity_regularizer, kernel_constraint, bias_constraint, kwargs,
+        ),
     )
 
 
